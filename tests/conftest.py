@@ -1,0 +1,29 @@
+"""Shared test setup: the flat modules live in the repository root."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / 'shared'
+sys.path.insert(0, str(ROOT))
+# Tests are small; more threads only add contention on CI's 2 cores.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def shared_spec():
+    """Path to ../shared/spec, or skip: a fresh clone has no ../shared."""
+    spec = SHARED / 'spec'
+    if not spec.is_dir():
+        pytest.skip('../shared/spec is not present')
+    return spec
+
+
+def tiny_config(*argv):
+    """A prepared config for a tiny 32x32 model (G_ch = D_ch = 8), plus argv overrides."""
+    import utils
+    base = ['--dataset', 'C10', '--G_ch', '8', '--D_ch', '8', '--G_attn', '0', '--D_attn', '0']
+    return utils.prepare_config(vars(utils.prepare_parser().parse_args(base + list(argv))))

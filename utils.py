@@ -1,0 +1,526 @@
+"""Configuration, naming and sampling helpers shared by every script.
+
+`prepare_parser()` / `add_sample_parser()` accept every flag of the original
+BigGAN-PyTorch parser with the same names, types and defaults.
+`prepare_config()` is the one place where the derived keys (resolution,
+n_classes, activations, roots, skip_init on resume) are computed and where bad
+flag combinations are refused before any model is built.
+"""
+import hashlib
+import importlib
+import os
+import sys
+from argparse import ArgumentParser
+
+import torch
+import torch.nn as nn
+
+import datasets as dset
+
+# Training helpers moved to train_fns.py; these old names still resolve here.
+_MOVED_TO_TRAIN_FNS = ('ema', 'ortho', 'default_ortho', 'toggle_grad',
+                       'initiate_standing_stats', 'accumulate_standing_stats')
+
+
+def __getattr__(name):
+    # Lazy, so that train_fns may import utils without an import cycle.
+    if name in _MOVED_TO_TRAIN_FNS:
+        import train_fns
+        return getattr(train_fns, name)
+    raise AttributeError(f"module 'utils' has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------
+def prepare_parser():
+    """The argument parser shared by train.py, sample.py and the tools."""
+    parser = ArgumentParser(description='BigGAN training and sampling.')
+    arg = parser.add_argument
+
+    # Data and loader
+    arg('--dataset', type=str, default='I128_hdf5',
+        help=f'Dataset to train on, one of {", ".join(dset.DATASETS)} (default: %(default)s)')
+    arg('--augment', action='store_true', default=False,
+        help='Random crops and horizontal flips (default: %(default)s)')
+    arg('--num_workers', type=int, default=8,
+        help='DataLoader worker processes; fewer suit HDF5 (default: %(default)s)')
+    arg('--no_pin_memory', action='store_false', dest='pin_memory', default=True,
+        help='Do not pin loaded batches in page-locked memory')
+    arg('--shuffle', action='store_true', default=False,
+        help='Shuffle the data each epoch; strongly recommended (default: %(default)s)')
+    arg('--load_in_mem', action='store_true', default=False,
+        help='Read the whole HDF5 file into RAM (default: %(default)s)')
+    arg('--use_multiepoch_sampler', action='store_true', default=False,
+        help='Draw all epochs from one resumable sampler (default: %(default)s)')
+
+    # Model
+    arg('--model', type=str, default='BigGAN',
+        help='Model module: BigGAN or BigGANdeep (default: %(default)s)')
+    arg('--G_param', type=str, default='SN',
+        help="G's weight parameterisation: SN (spectral norm) or none (default: %(default)s)")
+    arg('--D_param', type=str, default='SN',
+        help="D's weight parameterisation: SN (spectral norm) or none (default: %(default)s)")
+    arg('--G_ch', type=int, default=64, help="G's channel multiplier (default: %(default)s)")
+    arg('--D_ch', type=int, default=64, help="D's channel multiplier (default: %(default)s)")
+    arg('--G_depth', type=int, default=1,
+        help='Residual blocks per stage in G (BigGANdeep) (default: %(default)s)')
+    arg('--D_depth', type=int, default=1,
+        help='Residual blocks per stage in D (BigGANdeep) (default: %(default)s)')
+    arg('--D_thin', action='store_false', dest='D_wide', default=True,
+        help="Use SN-GAN's thin D channel pattern instead of the wide one")
+    arg('--G_shared', action='store_true', default=False,
+        help='One class embedding shared by all of G\'s BNs (default: %(default)s)')
+    arg('--shared_dim', type=int, default=0,
+        help='Size of the shared embedding; 0 means dim_z (default: %(default)s)')
+    arg('--dim_z', type=int, default=128, help='Latent size (default: %(default)s)')
+    arg('--z_var', type=float, default=1.0,
+        help='Scale of z: it is drawn with this standard deviation, as in the '
+             'original (default: %(default)s)')
+    arg('--hier', action='store_true', default=False,
+        help='Hierarchical latent: feed a chunk of z to each G block (default: %(default)s)')
+    arg('--cross_replica', action='store_true', default=False,
+        help="Cross-replica (synchronised) batch norm in G (default: %(default)s)")
+    arg('--mybn', action='store_true', default=False,
+        help='Batch norm that supports standing statistics (default: %(default)s)')
+    arg('--G_nl', type=str, default='relu',
+        help='G activation: relu, inplace_relu or ir (default: %(default)s)')
+    arg('--D_nl', type=str, default='relu',
+        help='D activation: relu, inplace_relu or ir (default: %(default)s)')
+    arg('--G_attn', type=str, default='64',
+        help='Resolutions of self-attention in G, underscore separated, 0 for none '
+             '(default: %(default)s)')
+    arg('--D_attn', type=str, default='64',
+        help='Resolutions of self-attention in D, underscore separated, 0 for none '
+             '(default: %(default)s)')
+    arg('--norm_style', type=str, default='bn',
+        help='Normalisation in G: bn, in, gn, gn_ch_<C>, gn_grp_<G> or nonorm '
+             '(default: %(default)s)')
+
+    # Initialisation
+    arg('--seed', type=int, default=0,
+        help='Seed for initialisation, sampling and data order (default: %(default)s)')
+    arg('--G_init', type=str, default='ortho',
+        help='G init: ortho, N02, glorot or xavier (default: %(default)s)')
+    arg('--D_init', type=str, default='ortho',
+        help='D init: ortho, N02, glorot or xavier (default: %(default)s)')
+    arg('--skip_init', action='store_true', default=False,
+        help='Skip weight initialisation, e.g. when loading weights (default: %(default)s)')
+
+    # Optimiser
+    arg('--G_lr', type=float, default=5e-5, help="G's Adam learning rate (default: %(default)s)")
+    arg('--D_lr', type=float, default=2e-4, help="D's Adam learning rate (default: %(default)s)")
+    arg('--G_B1', type=float, default=0.0, help="G's Adam beta1 (default: %(default)s)")
+    arg('--D_B1', type=float, default=0.0, help="D's Adam beta1 (default: %(default)s)")
+    arg('--G_B2', type=float, default=0.999, help="G's Adam beta2 (default: %(default)s)")
+    arg('--D_B2', type=float, default=0.999, help="D's Adam beta2 (default: %(default)s)")
+
+    # Batch, accumulation, parallelism and precision
+    arg('--batch_size', type=int, default=64,
+        help='Micro-batch size of each accumulation step (default: %(default)s)')
+    arg('--G_batch_size', type=int, default=0,
+        help="G's batch size when sampling for metrics; 0 means batch_size "
+             '(default: %(default)s)')
+    arg('--num_G_accumulations', type=int, default=1,
+        help="Micro-batches accumulated per G step (default: %(default)s)")
+    arg('--num_D_steps', type=int, default=2, help='D steps per G step (default: %(default)s)')
+    arg('--num_D_accumulations', type=int, default=1,
+        help="Micro-batches accumulated per D step (default: %(default)s)")
+    arg('--split_D', action='store_true', default=False,
+        help='Run D on fake and real batches separately (default: %(default)s)')
+    arg('--num_epochs', type=int, default=100,
+        help='Epochs to train for (default: %(default)s)')
+    arg('--num_iters', type=int, default=0,
+        help='Stop after this many G iterations; 0 means run --num_epochs '
+             '(default: %(default)s)')
+    arg('--parallel', action='store_true', default=False,
+        help='nn.DataParallel over the visible GPUs (default: %(default)s)')
+    arg('--G_fp16', action='store_true', default=False,
+        help='Half precision in G (mapped onto --amp fp16) (default: %(default)s)')
+    arg('--D_fp16', action='store_true', default=False,
+        help='Half precision in D (mapped onto --amp fp16) (default: %(default)s)')
+    arg('--D_mixed_precision', action='store_true', default=False,
+        help='fp16 activations, fp32 weights in D (mapped onto --amp fp16) '
+             '(default: %(default)s)')
+    arg('--G_mixed_precision', action='store_true', default=False,
+        help='fp16 activations, fp32 weights in G (mapped onto --amp fp16) '
+             '(default: %(default)s)')
+    arg('--accumulate_stats', action='store_true', default=False,
+        help='Recompute "standing" BN statistics before sampling (default: %(default)s)')
+    arg('--num_standing_accumulations', type=int, default=16,
+        help='Forward passes used for standing statistics (default: %(default)s)')
+
+    # Bookkeeping
+    arg('--G_eval_mode', action='store_true', default=False,
+        help='Sample with G in eval mode (stored BN statistics) (default: %(default)s)')
+    arg('--save_every', type=int, default=2000,
+        help='Save a checkpoint every this many iterations (default: %(default)s)')
+    arg('--num_save_copies', type=int, default=2,
+        help='Rotating checkpoint copies to keep (default: %(default)s)')
+    arg('--num_best_copies', type=int, default=2,
+        help='Best-so-far checkpoints to keep (default: %(default)s)')
+    arg('--which_best', type=str, default='IS',
+        help='Metric that ranks "best" checkpoints: IS or FID (default: %(default)s)')
+    arg('--no_fid', action='store_true', default=False,
+        help='Compute IS only, not FID (default: %(default)s)')
+    arg('--test_every', type=int, default=5000,
+        help='Compute IS/FID every this many iterations (default: %(default)s)')
+    arg('--num_inception_images', type=int, default=50000,
+        help='Samples used for IS/FID (default: %(default)s)')
+    arg('--hashname', action='store_true', default=False,
+        help='Name the experiment by a short hash of its config (default: %(default)s)')
+    arg('--base_root', type=str, default='',
+        help='If set, data, weights, logs and samples all live under it (default: %(default)s)')
+    arg('--data_root', type=str, default='data',
+        help='Where datasets are stored (default: %(default)s)')
+    arg('--weights_root', type=str, default='weights',
+        help='Where checkpoints are stored (default: %(default)s)')
+    arg('--logs_root', type=str, default='logs',
+        help='Where logs are stored (default: %(default)s)')
+    arg('--samples_root', type=str, default='samples',
+        help='Where sample sheets are stored (default: %(default)s)')
+    arg('--pbar', type=str, default='mine',
+        help='Progress bar style; accepted for compatibility, always tqdm '
+             '(default: %(default)s)')
+    arg('--name_suffix', type=str, default='',
+        help='Suffix appended to the experiment name (default: %(default)s)')
+    arg('--experiment_name', type=str, default='',
+        help='Use this experiment name instead of one built from the config '
+             '(default: %(default)s)')
+    arg('--config_from_name', action='store_true', default=False,
+        help='Accepted for compatibility; has no effect (default: %(default)s)')
+
+    # EMA
+    arg('--ema', action='store_true', default=False,
+        help="Keep an exponential moving average of G's weights (default: %(default)s)")
+    arg('--ema_decay', type=float, default=0.9999, help='EMA decay (default: %(default)s)')
+    arg('--use_ema', action='store_true', default=False,
+        help='Sample and evaluate with the EMA weights (default: %(default)s)')
+    arg('--ema_start', type=int, default=0,
+        help='Iteration from which the EMA starts averaging; before it, it copies '
+             '(default: %(default)s)')
+
+    # Numerics and singular values
+    arg('--adam_eps', type=float, default=1e-8, help="Adam's epsilon (default: %(default)s)")
+    arg('--BN_eps', type=float, default=1e-5, help="Batch norm's epsilon (default: %(default)s)")
+    arg('--SN_eps', type=float, default=1e-8,
+        help="Spectral norm's epsilon (default: %(default)s)")
+    arg('--num_G_SVs', type=int, default=1,
+        help='Singular values tracked per SN layer in G (default: %(default)s)')
+    arg('--num_D_SVs', type=int, default=1,
+        help='Singular values tracked per SN layer in D (default: %(default)s)')
+    arg('--num_G_SV_itrs', type=int, default=1,
+        help='Power iterations per forward in G (default: %(default)s)')
+    arg('--num_D_SV_itrs', type=int, default=1,
+        help='Power iterations per forward in D (default: %(default)s)')
+
+    # Orthogonal regularisation
+    arg('--G_ortho', type=float, default=0.0,
+        help="Strength of BigGAN's off-diagonal ortho reg in G; the paper uses 1e-4 "
+             '(default: %(default)s)')
+    arg('--D_ortho', type=float, default=0.0,
+        help="Strength of BigGAN's off-diagonal ortho reg in D (default: %(default)s)")
+    arg('--toggle_grads', action='store_true', default=True,
+        help="Turn off requires_grad of the network not being trained (always on, "
+             'as in the original) (default: %(default)s)')
+
+    # Training function, resume and logs
+    arg('--which_train_fn', type=str, default='GAN',
+        help='Training function: GAN, or dummy to test the pipeline (default: %(default)s)')
+    arg('--load_weights', type=str, default='',
+        help='Suffix of the checkpoint to load, e.g. best0 or copy1 (default: %(default)s)')
+    arg('--resume', action='store_true', default=False,
+        help='Resume training from the latest checkpoint (default: %(default)s)')
+    arg('--logstyle', type=str, default='%3.3e',
+        help='printf-style format of the per-metric training logs (default: %(default)s)')
+    arg('--log_G_spectra', action='store_true', default=False,
+        help="Log the singular values of G's SN layers (default: %(default)s)")
+    arg('--log_D_spectra', action='store_true', default=False,
+        help="Log the singular values of D's SN layers (default: %(default)s)")
+    arg('--sv_log_interval', type=int, default=10,
+        help='Iterations between singular value logs (default: %(default)s)')
+    return parser
+
+
+def add_sample_parser(parser):
+    """Add sample.py's flags to `parser` and return it."""
+    arg = parser.add_argument
+    arg('--sample_npz', action='store_true', default=False,
+        help='Write sample_num_npz samples to an npz file (default: %(default)s)')
+    arg('--sample_num_npz', type=int, default=50000,
+        help='Number of samples for --sample_npz (default: %(default)s)')
+    arg('--sample_sheets', action='store_true', default=False,
+        help='Write class-conditional sample sheets (default: %(default)s)')
+    arg('--sample_interps', action='store_true', default=False,
+        help='Write interpolation sheets (default: %(default)s)')
+    arg('--sample_sheet_folder_num', type=int, default=-1,
+        help='Folder number for the sheets; -1 means the iteration (default: %(default)s)')
+    arg('--sample_random', action='store_true', default=False,
+        help='Write one sheet of random samples (default: %(default)s)')
+    arg('--sample_trunc_curves', type=str, default='',
+        help='IS/FID over truncation values start_step_end, e.g. 0.2_0.1_1.0 '
+             '(default: %(default)s)')
+    arg('--sample_inception_metrics', action='store_true', default=False,
+        help='Compute IS/FID of the loaded model (default: %(default)s)')
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# Derived config
+# ---------------------------------------------------------------------------
+activation_dict = {'inplace_relu': nn.ReLU(inplace=True),
+                   'relu': nn.ReLU(inplace=False),
+                   'ir': nn.ReLU(inplace=True)}
+
+INIT_STYLES = ('ortho', 'N02', 'glorot', 'xavier')
+MODELS = ('BigGAN', 'BigGANdeep')
+
+# The original's per-dataset lookups, derived from the one dataset table.
+imsize_dict = {k: v.image_size for k, v in dset.DATASETS.items()}
+root_dict = {k: v.root for k, v in dset.DATASETS.items()}
+nclass_dict = {k: v.n_classes for k, v in dset.DATASETS.items()}
+classes_per_sheet_dict = {k: v.classes_per_sheet for k, v in dset.DATASETS.items()}
+
+
+class ConfigError(ValueError):
+    """A flag value or combination that cannot work; the message names the flag."""
+
+
+def load_model_module(name):
+    """Import the model module named by --model (BigGAN or BigGANdeep)."""
+    if name not in MODELS:
+        raise ConfigError(f"--model {name}: unknown model; use one of {', '.join(MODELS)}")
+    return importlib.import_module(name)
+
+
+def update_config_roots(config):
+    """With --base_root, put data, weights, logs and samples under it."""
+    if config['base_root']:
+        for key in ('data', 'weights', 'logs', 'samples'):
+            config[f'{key}_root'] = os.path.join(config['base_root'], key)
+    return config
+
+
+def prepare_root(config):
+    """Create the weights, logs and samples roots if they do not exist."""
+    for key in ('weights_root', 'logs_root', 'samples_root'):
+        os.makedirs(config[key], exist_ok=True)
+
+
+def _check_flags(config):
+    errors = []
+    if config['dataset'] not in dset.DATASETS:
+        errors.append(f"--dataset {config['dataset']}: unknown dataset; registered ones are "
+                      f"{', '.join(dset.DATASETS)} (add one in datasets.DATASETS)")
+    for flag in ('G_nl', 'D_nl'):
+        if config[flag] not in activation_dict:
+            errors.append(f"--{flag} {config[flag]}: unknown activation; use one of "
+                          f"{', '.join(activation_dict)}")
+    for flag in ('G_init', 'D_init'):
+        if config[flag] not in INIT_STYLES:
+            errors.append(f"--{flag} {config[flag]}: unknown init; use one of "
+                          f"{', '.join(INIT_STYLES)}")
+    for flag in ('G_param', 'D_param'):
+        if config[flag] not in ('SN', 'none', 'None'):
+            errors.append(f"--{flag} {config[flag]}: use SN or none")
+    import layers
+    if not layers.NORM_STYLE_RE.match(config['norm_style']):
+        errors.append(f"--norm_style {config['norm_style']}: use bn, in, gn, gn_ch_<C>, "
+                      "gn_grp_<G> or nonorm")
+    for flag in ('G_attn', 'D_attn'):
+        items = str(config[flag]).split('_')
+        if not all(item.isdigit() for item in items):
+            errors.append(f"--{flag} {config[flag]}: give resolutions separated by '_', "
+                          "e.g. 64 or 32_64, or 0 for none")
+    if config['which_best'] not in ('IS', 'FID'):
+        errors.append(f"--which_best {config['which_best']}: use IS or FID")
+    if config['which_train_fn'] not in ('GAN', 'dummy'):
+        errors.append(f"--which_train_fn {config['which_train_fn']}: use GAN or dummy")
+    for flag in ('batch_size', 'num_G_accumulations', 'num_D_accumulations', 'G_ch', 'D_ch',
+                 'dim_z', 'num_G_SVs', 'num_D_SVs', 'num_G_SV_itrs', 'num_D_SV_itrs'):
+        if config[flag] < 1:
+            errors.append(f"--{flag} {config[flag]}: must be at least 1")
+    for flag in ('num_D_steps', 'G_batch_size', 'num_iters', 'shared_dim', 'ema_start',
+                 'num_save_copies', 'num_best_copies'):
+        if config[flag] < 0:
+            errors.append(f"--{flag} {config[flag]}: must not be negative")
+    if not 0.0 <= config['ema_decay'] <= 1.0:
+        errors.append(f"--ema_decay {config['ema_decay']}: must lie in [0, 1]")
+    if config['logstyle'] not in ('pickle', 'mat', 'npz'):
+        try:
+            config['logstyle'] % 1.0
+        except (TypeError, ValueError):
+            errors.append(f"--logstyle {config['logstyle']}: give a printf format such as %3.3e")
+    return errors
+
+
+def prepare_config(config):
+    """Validate the parsed flags and add the derived keys; returns a new dict.
+
+    Adds resolution, n_classes, classes_per_sheet, G_activation and
+    D_activation; pegs the roots to --base_root; sets skip_init on --resume.
+    Raises ConfigError naming every bad flag before anything is built.
+    """
+    config = dict(config)
+    errors = _check_flags(config)
+    if errors:
+        raise ConfigError('\n'.join(errors))
+    spec = dset.DATASETS[config['dataset']]
+    config['resolution'] = spec.image_size
+    config['n_classes'] = spec.n_classes
+    config['classes_per_sheet'] = spec.classes_per_sheet
+    config['G_activation'] = activation_dict[config['G_nl']]
+    config['D_activation'] = activation_dict[config['D_nl']]
+    if config['G_param'] == 'None':
+        config['G_param'] = 'none'
+    if config['D_param'] == 'None':
+        config['D_param'] = 'none'
+    if config.get('resume'):
+        config['skip_init'] = True
+    config = update_config_roots(config)
+    errors = load_model_module(config['model']).check_config(config)
+    if errors:
+        raise ConfigError('\n'.join(errors))
+    return config
+
+
+def parse_config(parser, argv=None):
+    """Parse argv with `parser` and prepare the config; bad flags exit with the
+    parser's usage line, the reason, and status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return prepare_config(vars(args))
+    except ConfigError as err:
+        parser.error(str(err))
+
+
+# ---------------------------------------------------------------------------
+# Experiment names
+# ---------------------------------------------------------------------------
+def name_from_config(config):
+    """The experiment name the original builds from the flags (same string)."""
+    c = config
+    items = [
+        f"Big{c['which_train_fn']}",
+        c['dataset'],
+        c['model'] if c['model'] != 'BigGAN' else None,
+        f"seed{c['seed']}",
+        f"Gch{c['G_ch']}",
+        f"Dch{c['D_ch']}",
+        f"Gd{c['G_depth']}" if c['G_depth'] > 1 else None,
+        f"Dd{c['D_depth']}" if c['D_depth'] > 1 else None,
+        f"bs{c['batch_size']}",
+        'Gfp16' if c['G_fp16'] else None,
+        'Dfp16' if c['D_fp16'] else None,
+        f"nDs{c['num_D_steps']}" if c['num_D_steps'] > 1 else None,
+        f"nDa{c['num_D_accumulations']}" if c['num_D_accumulations'] > 1 else None,
+        f"nGa{c['num_G_accumulations']}" if c['num_G_accumulations'] > 1 else None,
+        'Glr%2.1e' % c['G_lr'],
+        'Dlr%2.1e' % c['D_lr'],
+        'GB%3.3f' % c['G_B1'] if c['G_B1'] != 0.0 else None,
+        'GBB%3.3f' % c['G_B2'] if c['G_B2'] != 0.999 else None,
+        'DB%3.3f' % c['D_B1'] if c['D_B1'] != 0.0 else None,
+        'DBB%3.3f' % c['D_B2'] if c['D_B2'] != 0.999 else None,
+        f"Gnl{c['G_nl']}",
+        f"Dnl{c['D_nl']}",
+        f"Ginit{c['G_init']}",
+        f"Dinit{c['D_init']}",
+        f"G{c['G_param']}" if c['G_param'] != 'SN' else None,
+        f"D{c['D_param']}" if c['D_param'] != 'SN' else None,
+        f"Gattn{c['G_attn']}" if c['G_attn'] != '0' else None,
+        f"Dattn{c['D_attn']}" if c['D_attn'] != '0' else None,
+        'Gortho%2.1e' % c['G_ortho'] if c['G_ortho'] > 0.0 else None,
+        'Dortho%2.1e' % c['D_ortho'] if c['D_ortho'] > 0.0 else None,
+        c['norm_style'] if c['norm_style'] != 'bn' else None,
+        'cr' if c['cross_replica'] else None,
+        'Gshared' if c['G_shared'] else None,
+        'hier' if c['hier'] else None,
+        'ema' if c['ema'] else None,
+        c['name_suffix'] if c['name_suffix'] else None,
+    ]
+    name = '_'.join(item for item in items if item is not None)
+    return hashname(name) if c['hashname'] else name
+
+
+_HASH_WORDS = (
+    ('amber', 'brisk', 'calm', 'dusky', 'eager', 'fuzzy', 'gentle', 'hazy', 'icy', 'jolly',
+     'keen', 'lucky', 'mellow', 'nimble', 'odd', 'plucky', 'quiet', 'rusty', 'sunny', 'tidy'),
+    ('Azure', 'Bronze', 'Cobalt', 'Denim', 'Ember', 'Fern', 'Garnet', 'Honey', 'Indigo', 'Jade',
+     'Khaki', 'Lilac', 'Moss', 'Navy', 'Olive', 'Pearl', 'Quartz', 'Ruby', 'Sage', 'Teal'),
+    ('Badger', 'Crane', 'Dingo', 'Egret', 'Ferret', 'Gecko', 'Heron', 'Ibis', 'Jackal', 'Koala',
+     'Lemur', 'Marten', 'Newt', 'Otter', 'Panda', 'Quokka', 'Raven', 'Stoat', 'Tapir', 'Vole'),
+)
+
+
+def hashname(name):
+    """A short, stable name (adjective, colour, animal) derived from `name`.
+
+    The original used Python's hash(), which changes between processes; this
+    uses SHA-1 so that a resumed run finds its own folder.
+    """
+    h = int(hashlib.sha1(name.encode()).hexdigest(), 16)
+    words = []
+    for table in _HASH_WORDS:
+        h, index = divmod(h, len(table))
+        words.append(table[index])
+    return ''.join(words)
+
+
+# ---------------------------------------------------------------------------
+# Latent and class sampling
+# ---------------------------------------------------------------------------
+class Distribution(torch.Tensor):
+    """A tensor that can resample itself in place with `sample_()`.
+
+    Operations on it return plain tensors (torch_function is disabled), so
+    passing it through a model costs nothing extra.
+    """
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def init_distribution(self, dist_type, **kwargs):
+        self.dist_type = dist_type
+        self.dist_kwargs = kwargs
+        if dist_type == 'normal':
+            self.mean, self.var = kwargs['mean'], kwargs['var']
+        elif dist_type == 'categorical':
+            self.num_categories = kwargs['num_categories']
+        return self
+
+    def sample_(self):
+        """Redraw every entry in place (normal: std = var, as in the original)."""
+        if self.dist_type == 'normal':
+            self.normal_(self.mean, self.var)
+        elif self.dist_type == 'categorical':
+            self.random_(0, self.num_categories)
+        return self
+
+
+def prepare_z_y(G_batch_size, dim_z, nclasses, device='cuda', fp16=False, z_var=1.0):
+    """Samplable latent and class tensors: z_ (G_batch_size, dim_z), y_ (G_batch_size,) int64."""
+    z_ = torch.randn(G_batch_size, dim_z, device=device,
+                     dtype=torch.float16 if fp16 else torch.float32)
+    z_ = z_.as_subclass(Distribution).init_distribution('normal', mean=0, var=z_var)
+    y_ = torch.zeros(G_batch_size, device=device, dtype=torch.int64)
+    y_ = y_.as_subclass(Distribution).init_distribution('categorical', num_categories=nclasses)
+    return z_, y_
+
+
+def sample_1hot(batch_size, num_classes, device='cuda'):
+    """Random class indices (batch_size,) int64 (named as in the original)."""
+    return torch.randint(0, num_classes, (batch_size,), device=device, dtype=torch.int64)
+
+
+def seed_rng(seed):
+    """Seed torch (all devices), numpy and python's random."""
+    import random
+
+    import numpy as np
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def fail(message, status=2):
+    """Print `message` to stderr and exit: for bad input found after parsing."""
+    print(f'error: {message}', file=sys.stderr)
+    raise SystemExit(status)
