@@ -340,8 +340,9 @@ class _NormBase(nn.Module):
 class ccbn(_NormBase):
     """Class-conditional batch norm: gain = 1 + which_linear(y), bias = which_linear(y).
 
-    x: (N, output_size, H, W); y: (N, input_size) (or (N,) class indices when
-    which_linear is an embedding).
+    x: (N, output_size, H, W); y: (N, input_size). When which_linear is an
+    embedding, y is (N,) class indices or (N, n_classes) class weights (a soft
+    mix of classes, used for class interpolation).
     """
 
     def __init__(self, output_size, input_size, which_linear, eps=1e-5, momentum=0.1,
@@ -353,9 +354,16 @@ class ccbn(_NormBase):
         self._setup_stats(output_size, eps, momentum, cross_replica, mybn, norm_style)
 
     def forward(self, x, y):
-        gain = (1 + self.gain(y)).view(y.size(0), -1, 1, 1)
-        bias = self.bias(y).view(y.size(0), -1, 1, 1)
+        gain = (1 + self._project(self.gain, y)).view(y.size(0), -1, 1, 1)
+        bias = self._project(self.bias, y).view(y.size(0), -1, 1, 1)
         return self._normalize(x, gain, bias)
+
+    @staticmethod
+    def _project(layer, y):
+        if isinstance(layer, nn.Embedding) and y.is_floating_point():
+            # The embedding of a mix of one-hots is the same mix of embeddings.
+            return y @ layer.weight
+        return layer(y)
 
     def extra_repr(self):
         return (f'out: {self.output_size}, in: {self.input_size}, '

@@ -1,5 +1,13 @@
-"""Training helpers: orthogonal regularisation, EMA, grad toggling and standing stats."""
+"""The training step and its helpers.
+
+GAN_training_function (one G iteration with its D steps), the hinge losses,
+orthogonal regularisation, EMA, grad toggling, standing statistics, and the
+periodic save / sample / test steps of train.py.
+"""
+import json
+
 import torch
+import torch.nn.functional as F
 
 
 def _ortho_grad(w, off_diagonal):
@@ -107,14 +115,214 @@ def initiate_standing_stats(net):
 def accumulate_standing_stats(net, z, y, nclasses, num_accumulations=16):
     """Recompute "standing" BN statistics of G from `num_accumulations` batches.
 
-    z: samplable (N, dim_z) and y: samplable (N,) from utils.prepare_z_y.
-    Leaves `net` in eval mode, using the accumulated averages.
+    z, y: samplable (N, dim_z) and (N,) from utils.prepare_z_y (drawn with
+    their own generator, if they have one); nclasses is kept for the original
+    signature. Leaves `net` in eval mode, using the accumulated averages.
     """
     initiate_standing_stats(net)
     net.train()
     with torch.no_grad():
         for _ in range(num_accumulations):
-            z.normal_()
-            y.random_(0, nclasses)
+            z.sample_()
+            y.sample_()
             net(z, net.shared(y))
     net.eval()
+
+
+# ---------------------------------------------------------------------------
+# Losses (hinge), computed in fp32 whatever the activations' precision
+# ---------------------------------------------------------------------------
+def discriminator_loss(D_fake, D_real):
+    """Hinge loss for D. D_fake, D_real: (N, 1) -> (loss_real, loss_fake), 0-d."""
+    return F.relu(1.0 - D_real.float()).mean(), F.relu(1.0 + D_fake.float()).mean()
+
+
+def generator_loss(D_fake):
+    """Hinge loss for G. D_fake: (N, 1) -> 0-d loss."""
+    return -D_fake.float().mean()
+
+
+# ---------------------------------------------------------------------------
+# Training functions
+# ---------------------------------------------------------------------------
+def dummy_training_function():
+    """A train(x, y) that does nothing, for testing the pipeline around it."""
+    def train(x, y):
+        return {}
+    return train
+
+
+def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config):
+    """Return train(x, y) -> {'G_loss', 'D_loss_real', 'D_loss_fake'} (detached 0-d tensors).
+
+    x: (num_D_steps * num_D_accumulations * B, 3, H, W), y: (...,) is one G
+    iteration's real data. Each D step accumulates num_D_accumulations
+    micro-batches of B, each loss divided by the count, and steps D once; then
+    G accumulates num_G_accumulations batches of z_ and steps once. Logged
+    losses are the group means: G's over its accumulations, D's over the last
+    D step's.
+    """
+    num_D_steps, num_D_acc = config['num_D_steps'], config['num_D_accumulations']
+    num_G_acc = config['num_G_accumulations']
+    toggle = config['toggle_grads']
+    blacklist = list(G.shared.parameters())
+
+    def train(x, y):
+        micro = x.shape[0] // (num_D_steps * num_D_acc)
+        xs, ys = torch.split(x, micro), torch.split(y, micro)
+        if toggle:
+            toggle_grad(D, True)
+            toggle_grad(G, False)
+        counter = 0
+        for _ in range(num_D_steps):
+            D.optim.zero_grad(set_to_none=True)
+            D_real_sum = D_fake_sum = 0.0
+            for _ in range(num_D_acc):
+                z_.sample_()
+                y_.sample_()
+                D_fake, D_real = GD(z_[:micro], y_[:micro], xs[counter], ys[counter],
+                                    train_G=False, split_D=config['split_D'])
+                D_loss_real, D_loss_fake = discriminator_loss(D_fake, D_real)
+                ((D_loss_real + D_loss_fake) / num_D_acc).backward()
+                D_real_sum = D_real_sum + D_loss_real.detach()
+                D_fake_sum = D_fake_sum + D_loss_fake.detach()
+                counter += 1
+            if config['D_ortho'] > 0.0:
+                ortho(D, config['D_ortho'])
+            D.optim.step()
+
+        if toggle:
+            toggle_grad(D, False)
+            toggle_grad(G, True)
+        G.optim.zero_grad(set_to_none=True)
+        G_loss_sum = 0.0
+        for _ in range(num_G_acc):
+            z_.sample_()
+            y_.sample_()
+            D_fake = GD(z_, y_, train_G=True, split_D=config['split_D'])
+            G_loss = generator_loss(D_fake) / num_G_acc
+            G_loss.backward()
+            G_loss_sum = G_loss_sum + G_loss.detach()
+        if config['G_ortho'] > 0.0:
+            ortho(G, config['G_ortho'], blacklist=blacklist)
+        G.optim.step()
+        if ema is not None:
+            ema.update(state_dict['itr'])
+        out = {'G_loss': G_loss_sum}
+        if num_D_steps > 0:
+            out.update(D_loss_real=D_real_sum / num_D_acc, D_loss_fake=D_fake_sum / num_D_acc)
+        return out
+    return train
+
+
+# ---------------------------------------------------------------------------
+# Periodic steps of the training loop
+# ---------------------------------------------------------------------------
+def sampling_G(G, G_ema, config):
+    """The generator that sheets and metrics use: G_ema with --ema --use_ema, else G."""
+    return G_ema if config['ema'] and config['use_ema'] and G_ema is not None else G
+
+
+def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
+                    experiment_name, generator=None):
+    """Write the sample sheets for this iteration, then the latest and rotating copy sets.
+
+    Sampling happens with every buffer restored afterwards and from its own
+    generator, so it never changes the training run; saving comes last so the
+    checkpoint holds exactly the state the next iteration starts from.
+    """
+    import utils
+    which_G = sampling_G(G, G_ema, config)
+    with utils.preserved_buffers(which_G):
+        if config['accumulate_stats']:
+            accumulate_standing_stats(which_G, z_, y_, config['n_classes'],
+                                      config['num_standing_accumulations'])
+        folder = state_dict['itr']
+        root = config['samples_root']
+        with torch.no_grad():
+            fixed_Gz = which_G(fixed_z, which_G.shared(fixed_y))
+        utils.save_sheet(fixed_Gz, f'{root}/{experiment_name}/fixed_samples{folder}.jpg',
+                         nrow=int(fixed_Gz.shape[0] ** 0.5))
+        utils.sample_sheet(which_G, classes_per_sheet=config['classes_per_sheet'],
+                           num_classes=config['n_classes'], samples_per_class=10,
+                           parallel=config['parallel'], samples_root=root,
+                           experiment_name=experiment_name, folder_number=folder,
+                           generator=generator)
+        for fix_z, fix_y in ((False, False), (False, True), (True, False)):
+            utils.interp_sheet(which_G, num_per_sheet=16, num_midpoints=8,
+                               num_classes=config['n_classes'], parallel=config['parallel'],
+                               samples_root=root, experiment_name=experiment_name,
+                               folder_number=folder, fix_z=fix_z, fix_y=fix_y,
+                               generator=generator)
+    ema_G = G_ema if config['ema'] else None
+    utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None, ema_G)
+    if config['num_save_copies'] > 0:
+        utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                           f"copy{state_dict['save_num']}", ema_G)
+        state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
+
+
+def rank_best(entries, which_best):
+    """Sort best-copy records (dicts with IS_mean, FID) from best to worst."""
+    if which_best == 'IS':
+        return sorted(entries, key=lambda e: -e['IS_mean'])
+    return sorted(entries, key=lambda e: e['FID'])
+
+
+def update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean, FID):
+    """Keep the num_best_copies best checkpoints so far, in slots best0..best{N-1}.
+
+    A new result that beats the worst kept one (or fills a free slot) is saved
+    into that slot; state_dict['best_copies'] and best_copies.json (committed
+    with the set) record which slot holds which iteration, best first.
+    Returns the slot written, or None.
+    """
+    import utils
+    n = config['num_best_copies']
+    if n <= 0:
+        return None
+    kept = list(state_dict.get('best_copies', []))
+    new = {'itr': int(state_dict['itr']), 'IS_mean': float(IS_mean), 'FID': float(FID)}
+    if len(kept) < n:
+        slot = min(set(range(n)) - {e['slot'] for e in kept})
+    else:
+        worst = rank_best(kept, config['which_best'])[-1]
+        if rank_best([worst, new], config['which_best'])[0] is worst:
+            return None
+        kept.remove(worst)
+        slot = worst['slot']
+    kept = rank_best(kept + [{**new, 'slot': slot}], config['which_best'])
+    state_dict['best_copies'] = kept
+    state_dict['save_best_num'] = slot
+    index = json.dumps({'which_best': config['which_best'], 'best_copies': kept}, indent=1)
+    utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
+                       f'best{slot}', G_ema if config['ema'] else None,
+                       extra_files={'best_copies.json': index.encode()})
+    return slot
+
+
+def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
+         experiment_name, test_log, log=print):
+    """Compute IS/FID, keep the best checkpoints, and log to logs/<exp>_log.jsonl.
+
+    Returns (IS_mean, IS_std, FID).
+    """
+    import utils
+    which_G = sampling_G(G, G_ema, config)
+    with utils.preserved_buffers(which_G):
+        if config['accumulate_stats']:
+            accumulate_standing_stats(which_G, z_, y_, config['n_classes'],
+                                      config['num_standing_accumulations'])
+        IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
+                                                     num_splits=10)
+    IS_mean, IS_std, FID = float(IS_mean), float(IS_std), float(FID)
+    log(f"Itr {state_dict['itr']}: Inception Score is {IS_mean:3.3f} +/- {IS_std:3.3f}, "
+        f'FID is {FID:5.4f}')
+    slot = update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean, FID)
+    if slot is not None:
+        log(f"{config['which_best']} is among the {config['num_best_copies']} best so far: "
+            f'saved as best{slot}')
+    state_dict['best_IS'] = max(float(state_dict['best_IS']), IS_mean)
+    state_dict['best_FID'] = min(float(state_dict['best_FID']), FID)
+    test_log.log(itr=int(state_dict['itr']), IS_mean=IS_mean, IS_std=IS_std, FID=FID)
+    return IS_mean, IS_std, FID

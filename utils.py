@@ -6,14 +6,20 @@ BigGAN-PyTorch parser with the same names, types and defaults.
 n_classes, activations, roots, skip_init on resume) are computed and where bad
 flag combinations are refused before any model is built.
 """
+import contextlib
+import datetime
 import hashlib
 import importlib
+import json
 import os
+import pickle
 import sys
+import time
 from argparse import ArgumentParser
 
 import torch
 import torch.nn as nn
+import torchvision
 
 import datasets as dset
 
@@ -477,9 +483,12 @@ class Distribution(torch.Tensor):
     """
     __torch_function__ = torch._C._disabled_torch_function_impl
 
-    def init_distribution(self, dist_type, **kwargs):
+    def init_distribution(self, dist_type, generator=None, **kwargs):
         self.dist_type = dist_type
         self.dist_kwargs = kwargs
+        # A private generator keeps sampling for sheets and metrics off the
+        # global RNG, so how often a run samples never changes its trajectory.
+        self.generator = generator
         if dist_type == 'normal':
             self.mean, self.var = kwargs['mean'], kwargs['var']
         elif dist_type == 'categorical':
@@ -489,20 +498,31 @@ class Distribution(torch.Tensor):
     def sample_(self):
         """Redraw every entry in place (normal: std = var, as in the original)."""
         if self.dist_type == 'normal':
-            self.normal_(self.mean, self.var)
+            self.normal_(self.mean, self.var, generator=self.generator)
         elif self.dist_type == 'categorical':
-            self.random_(0, self.num_categories)
+            self.random_(0, self.num_categories, generator=self.generator)
         return self
 
 
-def prepare_z_y(G_batch_size, dim_z, nclasses, device='cuda', fp16=False, z_var=1.0):
-    """Samplable latent and class tensors: z_ (G_batch_size, dim_z), y_ (G_batch_size,) int64."""
-    z_ = torch.randn(G_batch_size, dim_z, device=device,
+def prepare_z_y(G_batch_size, dim_z, nclasses, device='cuda', fp16=False, z_var=1.0,
+                generator=None):
+    """Samplable latent and class tensors: z_ (G_batch_size, dim_z), y_ (G_batch_size,) int64.
+
+    With `generator` (a torch.Generator on `device`) they draw from it instead
+    of the global RNG.
+    """
+    z_ = torch.zeros(G_batch_size, dim_z, device=device,
                      dtype=torch.float16 if fp16 else torch.float32)
-    z_ = z_.as_subclass(Distribution).init_distribution('normal', mean=0, var=z_var)
+    z_ = z_.as_subclass(Distribution).init_distribution('normal', generator, mean=0, var=z_var)
     y_ = torch.zeros(G_batch_size, device=device, dtype=torch.int64)
-    y_ = y_.as_subclass(Distribution).init_distribution('categorical', num_categories=nclasses)
-    return z_, y_
+    y_ = y_.as_subclass(Distribution).init_distribution('categorical', generator,
+                                                        num_categories=nclasses)
+    return z_.sample_(), y_.sample_()
+
+
+def private_generator(seed, device):
+    """A torch.Generator on `device` seeded with `seed`, for sampling off the global RNG."""
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def sample_1hot(batch_size, num_classes, device='cuda'):
@@ -524,3 +544,410 @@ def fail(message, status=2):
     """Print `message` to stderr and exit: for bad input found after parsing."""
     print(f'error: {message}', file=sys.stderr)
     raise SystemExit(status)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+# A checkpoint set is G, G_optim, D, D_optim, state_dict (+ G_ema), written in
+# the original's flat layout: weights_root/<experiment>/G.pth, G_copy0.pth, ...
+# A set is written journal-style so a crash at any moment leaves either the
+# previous complete set or the new complete set, never a mix:
+#   1. every file goes to a temporary name and is fsynced;
+#   2. a commit record (.commit_<suffix>.json) naming the renames is written atomically;
+#   3. the temporary files are renamed over the old ones and the record removed.
+# `recover_checkpoints` rolls a committed set forward and deletes uncommitted
+# temporaries; every loader runs it first.
+SET_PARTS = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
+_TMP_TAG = '.partial'
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+def join_strings(base_string, strings):
+    """Join the non-empty strings with base_string (the original's helper)."""
+    return base_string.join(item for item in strings if item)
+
+
+def checkpoint_path(root, part, name_suffix=None):
+    """weights_root/<exp>/<part>[_<suffix>].pth."""
+    return os.path.join(root, f"{join_strings('_', [part, name_suffix])}.pth")
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path, data):
+    tmp = f'{path}{_TMP_TAG}'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def recover_checkpoints(root):
+    """Finish committed set writes and drop uncommitted temporaries under `root`."""
+    if not os.path.isdir(root):
+        return
+    names = os.listdir(root)
+    for name in sorted(n for n in names if n.startswith('.commit_') and n.endswith('.json')):
+        record = os.path.join(root, name)
+        try:
+            with open(record) as f:
+                renames = json.load(f)
+        except (OSError, ValueError):
+            os.remove(record)  # a torn record: its set never committed
+            continue
+        for src, dst in renames:
+            src_path = os.path.join(root, src)
+            if os.path.exists(src_path):
+                os.replace(src_path, os.path.join(root, dst))
+        _fsync_dir(root)
+        os.remove(record)
+    for name in os.listdir(root):
+        if _TMP_TAG in name:
+            os.remove(os.path.join(root, name))
+
+
+def _plain_config(config):
+    """The config without the module objects derived from it (they are rebuilt on load)."""
+    return {k: v for k, v in config.items()
+            if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
+
+
+def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None,
+                 G_ema=None, extra_files=None):
+    """Write one checkpoint set, crash-safely (see the journal notes above).
+
+    state_dict: the training state (itr, epoch, ..., config). extra_files:
+    optional {file name: bytes} committed together with the set.
+    """
+    root = os.path.join(weights_root, experiment_name)
+    os.makedirs(root, exist_ok=True)
+    recover_checkpoints(root)
+    objects = {'G': G.state_dict(), 'G_optim': G.optim.state_dict(),
+               'D': D.state_dict(), 'D_optim': D.optim.state_dict(),
+               'state_dict': {**state_dict, 'config': _plain_config(state_dict['config'])}}
+    if G_ema is not None:
+        objects['G_ema'] = G_ema.state_dict()
+    renames = []
+    token = f'{os.getpid()}_{time.monotonic_ns()}'
+    for part, obj in objects.items():
+        final = os.path.basename(checkpoint_path(root, part, name_suffix))
+        tmp = f'{final}{_TMP_TAG}{token}'
+        with open(os.path.join(root, tmp), 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        renames.append((tmp, final))
+    for name, data in (extra_files or {}).items():
+        tmp = f'{name}{_TMP_TAG}{token}'
+        with open(os.path.join(root, tmp), 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        renames.append((tmp, name))
+    _fsync_dir(root)
+    record = os.path.join(root, f".commit_{name_suffix or 'latest'}.json")
+    _atomic_write_bytes(record, json.dumps(renames).encode())
+    _fsync_dir(root)
+    recover_checkpoints(root)
+
+
+def _legacy_safe_globals():
+    # The original's state_dict.pth pickles its config's activation modules
+    # (torch.nn.ReLU); that one class is all a weights_only load needs to allow.
+    return [torch.nn.ReLU]
+
+
+def torch_load(path, map_location='cpu'):
+    """torch.load with weights_only=True, allowing only what legacy files need.
+
+    Anything else that needs unpickling is refused (CheckpointError), without
+    running its code.
+    """
+    try:
+        with torch.serialization.safe_globals(_legacy_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f'{path} does not exist') from None
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f'{path} holds objects a weights-only load does not allow, so it was not '
+            f'loaded: {str(err).splitlines()[0]}') from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f'{path} is not a readable checkpoint: {err}') from None
+
+
+def _load_module_state(net, path, strict, what):
+    state = torch_load(path)
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f'{k} {tuple(state[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    # Checked up front: load_state_dict copies the fitting tensors before it
+    # complains, and a refused checkpoint must leave the model untouched.
+    if wrong or (strict and (missing or unexpected)):
+        detail = '; '.join(part for part in (
+            f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})" if missing else '',
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})"
+            if unexpected else '',
+            f"{len(wrong)} shape mismatches (e.g. {', '.join(wrong[:2])})" if wrong else '')
+            if part)
+        raise CheckpointError(
+            f'{path} does not fit the {what} built from these flags: {detail}. Use the flags '
+            'the checkpoint was trained with (model, widths, attention, hier, shared_dim, '
+            'dim_z, mybn, ...)')
+    return state
+
+
+def checkpoint_exists(weights_root, experiment_name, name_suffix=None):
+    """Whether a complete set's G and state_dict files exist."""
+    root = os.path.join(weights_root, experiment_name)
+    recover_checkpoints(root)
+    return all(os.path.isfile(checkpoint_path(root, part, name_suffix))
+               for part in ('G', 'state_dict'))
+
+
+def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None,
+                 G_ema=None, strict=True, load_optim=True):
+    """Load a checkpoint set into G, D (and their optimizers), G_ema and state_dict.
+
+    Keys of the saved state dict that `state_dict` also has are copied into it;
+    itr, epoch and the like therefore resume. Any of G, D, G_ema may be None.
+    Raises CheckpointError naming the file when one is missing or does not fit.
+    """
+    root = os.path.join(weights_root, experiment_name)
+    if not checkpoint_exists(weights_root, experiment_name, name_suffix):
+        raise CheckpointError(
+            f"no checkpoint {join_strings('_', ['G', name_suffix])}.pth with its state_dict in "
+            f'{root}: check --weights_root, --experiment_name and --load_weights')
+    # Read and check everything before touching any model, so a bad file changes nothing.
+    loaded = torch_load(checkpoint_path(root, 'state_dict', name_suffix))
+    updates = []
+    for net, part in ((G, 'G'), (D, 'D'), (G_ema, 'G_ema')):
+        if net is None:
+            continue
+        updates.append((net, _load_module_state(net, checkpoint_path(root, part, name_suffix),
+                                                strict, part)))
+        if load_optim and part != 'G_ema':
+            updates.append((net.optim, torch_load(checkpoint_path(root, f'{part}_optim',
+                                                                  name_suffix))))
+    for target, state in updates:
+        if isinstance(target, nn.Module):
+            target.load_state_dict(state, strict=strict)
+        else:
+            target.load_state_dict(state)
+    for key in state_dict:
+        if key in loaded and key != 'config':
+            state_dict[key] = loaded[key]
+    return loaded
+
+
+# ---------------------------------------------------------------------------
+# Logs
+# ---------------------------------------------------------------------------
+class MetricsLogger:
+    """Appends one JSON record per call to `fname` (logs/<exp>_log.jsonl), with _stamp."""
+
+    def __init__(self, fname, reinitialize=False):
+        self.fname = fname
+        if reinitialize and os.path.exists(fname):
+            os.remove(fname)
+
+    def log(self, record=None, **kwargs):
+        record = {**(record or {}), **kwargs, '_stamp': time.time()}
+        with open(self.fname, 'a') as f:
+            f.write(json.dumps(record, ensure_ascii=True) + '\n')
+
+
+class MyLogger:
+    """Per-metric text logs: logs/<exp>/<metric>.log with lines 'itr: value'."""
+
+    def __init__(self, fname, reinitialize=False, logstyle='%3.3f'):
+        self.root = fname
+        os.makedirs(self.root, exist_ok=True)
+        self.reinitialize = reinitialize
+        self.metrics = set()
+        self.logstyle = logstyle
+
+    def log(self, itr, **kwargs):
+        self.log_many([itr], {k: [v] for k, v in kwargs.items()})
+
+    def log_many(self, itrs, columns):
+        """Append one line per iteration for each metric: columns = {metric: [values]}."""
+        style = self.logstyle if self.logstyle.startswith('%') else '%3.3e'
+        for metric, values in columns.items():
+            path = os.path.join(self.root, f'{metric}.log')
+            if metric not in self.metrics:
+                if self.reinitialize and os.path.exists(path):
+                    os.remove(path)
+                self.metrics.add(metric)
+            with open(path, 'a') as f:
+                f.writelines(f'{itr}: {style % value}\n' for itr, value in zip(itrs, values))
+
+
+def write_metadata(logs_root, experiment_name, config, state_dict):
+    """logs/<exp>/metalog.txt: when, with which config, from which state."""
+    path = os.path.join(logs_root, experiment_name)
+    os.makedirs(path, exist_ok=True)
+    state = {k: v for k, v in state_dict.items() if k not in ('config', 'rng')}
+    with open(os.path.join(path, 'metalog.txt'), 'w') as f:
+        f.write(f'datetime: {datetime.datetime.now()}\n')
+        f.write(f'config: {_plain_config(config)}\n')
+        f.write(f'state: {state}\n')
+
+
+def get_SVs(net, prefix):
+    """{'<prefix>_<state-dict key with _ for .>': value} for every logged singular value.
+
+    One host sync for all of them.
+    """
+    svs = {k: v for k, v in net.state_dict().items() if 'sv' in k.rsplit('.', 1)[-1]}
+    if not svs:
+        return {}
+    values = torch.cat([v.reshape(-1)[:1].float() for v in svs.values()]).tolist()
+    return {f'{prefix}_{k}'.replace('.', '_'): v for k, v in zip(svs, values)}
+
+
+# ---------------------------------------------------------------------------
+# Sampling and sample sheets
+# ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def preserved_buffers(*nets):
+    """Restore every buffer (SN vectors, BN statistics) of `nets` on exit.
+
+    Sampling in training mode advances SN power iterations and BN running
+    statistics; wrapping it here keeps sampling from changing the training run.
+    """
+    saved = [(b, b.detach().clone()) for net in nets for b in net.buffers()]
+    flags = [(m, m.accumulate_standing) for net in nets for m in net.modules()
+             if hasattr(m, 'accumulate_standing')]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+        for module, flag in flags:
+            module.accumulate_standing = flag
+
+
+def _device_of(G):
+    return next(G.parameters()).device
+
+
+def sample(G, z_, y_, config):
+    """Draw one batch from G: returns (images (N, 3, H, W) in [-1, 1], classes (N,))."""
+    with torch.no_grad():
+        z_.sample_()
+        y_.sample_()
+        if config.get('parallel') and torch.cuda.device_count() > 1:
+            G_z = nn.parallel.data_parallel(G, (z_, G.shared(y_)))
+        else:
+            G_z = G(z_, G.shared(y_))
+        return G_z, y_
+
+
+def save_sheet(images, path, nrow):
+    """Write images (N, 3, H, W) in [-1, 1] as one grid image at `path`."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torchvision.utils.save_image(images.float().cpu(), path, nrow=nrow, normalize=True,
+                                 value_range=(-1, 1))
+
+
+def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,
+                 samples_root, experiment_name, folder_number, z_=None, generator=None):
+    """Class-conditional sheets samples/<exp>/<folder>/samples<i>.jpg: a row per class.
+
+    Each row shows `samples_per_class` samples of one class.
+    """
+    device = _device_of(G)
+    for i in range(max(num_classes // classes_per_sheet, 1)):
+        count = min(classes_per_sheet, num_classes)
+        y = torch.arange(i * count, (i + 1) * count, device=device)
+        rows = []
+        for _ in range(samples_per_class):
+            z = torch.randn(count, G.dim_z, device=device, generator=generator)
+            with torch.no_grad():
+                rows.append(G(z, G.shared(y)).cpu())
+        ims = torch.stack(rows, 1).flatten(0, 1)
+        save_sheet(ims, os.path.join(samples_root, experiment_name, str(folder_number),
+                                     f'samples{i}.jpg'), nrow=samples_per_class)
+
+
+def interp(x0, x1, num_midpoints):
+    """Linear interpolation: x0, x1 (N, 1, D) -> (N, num_midpoints + 2, D)."""
+    lerp = torch.linspace(0, 1.0, num_midpoints + 2, device=x0.device, dtype=x0.dtype)
+    return x0 * (1 - lerp.view(1, -1, 1)) + x1 * lerp.view(1, -1, 1)
+
+
+def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples_root,
+                 experiment_name, folder_number, sheet_number=0, fix_z=False, fix_y=False,
+                 device=None, generator=None):
+    """Interpolation sheet samples/<exp>/<folder>/interp{Z}{Y}<n>.jpg.
+
+    Each row interpolates between two draws; fix_z keeps z fixed along a row
+    (class interpolation), fix_y keeps the class fixed (latent interpolation).
+    """
+    device = device or _device_of(G)
+    steps = num_midpoints + 2
+
+    def draw_z():
+        return torch.randn(num_per_sheet, 1, G.dim_z, device=device, generator=generator)
+
+    def draw_y():
+        classes = torch.randint(0, num_classes, (num_per_sheet,), device=device,
+                                generator=generator)
+        if not getattr(G, 'G_shared', True):
+            # Per-class BN embeddings interpolate through soft one-hot class weights.
+            return torch.nn.functional.one_hot(classes, num_classes).float().unsqueeze(1)
+        return G.shared(classes).view(num_per_sheet, 1, -1)
+
+    with torch.no_grad():
+        zs = draw_z().repeat(1, steps, 1) if fix_z else interp(draw_z(), draw_z(), num_midpoints)
+        ys = draw_y().repeat(1, steps, 1) if fix_y else interp(draw_y(), draw_y(), num_midpoints)
+        out = G(zs.view(-1, G.dim_z), ys.view(num_per_sheet * steps, -1)).cpu()
+    style = ('Z' if not fix_z else '') + ('Y' if not fix_y else '')
+    save_sheet(out, os.path.join(samples_root, experiment_name, str(folder_number),
+                                 f'interp{style}{sheet_number}.jpg'), nrow=steps)
+
+
+# ---------------------------------------------------------------------------
+# RNG state (for exact resume)
+# ---------------------------------------------------------------------------
+def get_rng_state():
+    """torch (CPU and CUDA), numpy and python RNG states, in weights_only-loadable types."""
+    import random
+
+    import numpy as np
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {'torch': torch.get_rng_state(),
+             'numpy': (kind, torch.from_numpy(keys.astype('int64')), pos, has_gauss, gauss),
+             'python': random.getstate()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore the RNG states saved by get_rng_state."""
+    import random
+
+    import numpy as np
+    torch.set_rng_state(state['torch'])
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype('uint32'), pos, has_gauss, gauss))
+    random.setstate(tuple(state['python'][:1]) + (tuple(state['python'][1]),)
+                    + tuple(state['python'][2:]))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])

@@ -270,3 +270,18 @@ def test_cross_replica_bn_in_one_process_equals_plain_bn():
     gc = torch.autograd.grad(out_c.sin().sum(), x)[0]
     torch.testing.assert_close(gc, gp, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(cross.stored_var, plain.stored_var)
+
+
+def test_embedding_ccbn_accepts_one_hot_class_weights():
+    torch.manual_seed(0)
+    bn = layers.ccbn(6, 4, which_linear=torch.nn.Embedding)
+    bn.eval()
+    x, classes = torch.randn(3, 6, 2, 2), torch.tensor([0, 3, 1])
+    one_hot = F.one_hot(classes, 4).float()
+    torch.testing.assert_close(bn(x, one_hot), bn(x, classes))
+    mix = 0.25 * F.one_hot(torch.tensor([0]), 4).float() + 0.75 * F.one_hot(torch.tensor([2]), 4)
+    gain = 1 + mix @ bn.gain.weight
+    bias = (mix @ bn.bias.weight).view(1, -1, 1, 1)
+    expected = (x[:1] - bn.stored_mean.view(1, -1, 1, 1)) / torch.sqrt(
+        bn.stored_var.view(1, -1, 1, 1) + bn.eps) * gain.view(1, -1, 1, 1) + bias
+    torch.testing.assert_close(bn(x[:1], mix), expected)
