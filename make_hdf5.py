@@ -1,0 +1,152 @@
+"""Convert a registered dataset into the HDF5 file that its '_hdf5' twin reads.
+
+    python make_hdf5.py --dataset I128 --data_root data \
+        [--batch_size 256 --num_workers 16 --chunk_size 500 --compression lzf]
+
+The file goes to <data_root>/<root of the twin in datasets.DATASETS>, e.g.
+data/ILSVRC128.hdf5 for I128 or data/Digits32.hdf5 for Digits32. It holds
+`imgs` uint8 (N, 3, H, W), chunked and optionally compressed, and `labels`
+int64 (N,), in dataset order. Images are the non-augmented training transform's
+output stored as round((x + 1) * 127.5), so the HDF5 dataset reads back
+exactly the source's tensors. The file is written under a temporary name in the
+same folder and renamed when complete: an interrupted run leaves no file that
+looks complete, and an existing file is only replaced with --overwrite.
+"""
+import contextlib
+import os
+import time
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+import datasets as dset
+import utils
+
+COMPRESSIONS = ('none', 'lzf', 'gzip')
+
+
+def prepare_parser():
+    """The shared parser (for --dataset, --data_root, --base_root, --batch_size,
+    --num_workers) with make_hdf5's defaults and flags."""
+    parser = utils.prepare_parser()
+    parser.description = 'Convert a registered dataset into an HDF5 file.'
+    parser.set_defaults(dataset='I128', batch_size=256, num_workers=16)
+    group = parser.add_argument_group('make_hdf5')
+    group.add_argument('--chunk_size', type=int, default=500,
+                       help='Images per HDF5 chunk (default: %(default)s)')
+    group.add_argument('--compression', nargs='?', const='lzf', default='none',
+                       choices=COMPRESSIONS,
+                       help='Chunk compression; a bare --compression means lzf, as in the '
+                            'original. Compressed files are smaller but much slower to read '
+                            'without --load_in_mem (default: %(default)s)')
+    group.add_argument('--overwrite', action='store_true', default=False,
+                       help='Replace an existing HDF5 file (default: %(default)s)')
+    group.add_argument('--max_images', type=int, default=0,
+                       help='Convert only the first N images; 0 means all (default: %(default)s)')
+    return parser
+
+
+def _check_args(batch_size, num_workers, chunk_size, compression, max_images):
+    errors = []
+    for flag, value, low in (('batch_size', batch_size, 1), ('chunk_size', chunk_size, 1),
+                             ('num_workers', num_workers, 0), ('max_images', max_images, 0)):
+        if value < low:
+            errors.append(f'--{flag} {value}: must be at least {low}')
+    if compression not in COMPRESSIONS:
+        errors.append(f"--compression {compression}: use one of {', '.join(COMPRESSIONS)}")
+    if errors:
+        raise dset.DataError('\n'.join(errors))
+
+
+def make_hdf5(dataset, data_root='data', batch_size=256, num_workers=16, chunk_size=500,
+              compression='none', overwrite=False, max_images=0):
+    """Write `dataset` (a registered non-HDF5 dataset) to its twin's HDF5 file; returns its path.
+
+    imgs: uint8 (N, 3, S, S) with S the dataset's image size; labels: int64 (N,).
+    Raises DataError before touching anything if the file exists and not `overwrite`.
+    """
+    _check_args(batch_size, num_workers, chunk_size, compression, max_images)
+    twin = dset.hdf5_twin(dataset)
+    spec = dset.DATASETS[twin]
+    size = spec.image_size
+    if dset.DATASETS[dataset].image_size != size:
+        raise dset.DataError(f"datasets.DATASETS: '{dataset}' and '{twin}' have different "
+                             'image sizes; make them agree')
+    path = os.path.join(data_root, spec.root)
+    if os.path.exists(path) and not overwrite:
+        raise dset.DataError(f'{path} already exists; pass --overwrite to replace it')
+    source = dset.get_dataset(dataset, data_root, augment=False)
+    n = min(max_images, len(source)) if max_images else len(source)
+    if n < len(source):
+        source = Subset(source, range(n))
+    loader = DataLoader(source, batch_size=batch_size, shuffle=False, drop_last=False,
+                        num_workers=num_workers, pin_memory=False)
+    chunk = min(chunk_size, n)
+    tmp = dset.partial_path(path)
+    try:
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        f = h5py.File(tmp, 'x')  # 'x': never clobbers a file that is already there
+    except OSError as err:
+        raise dset.DataError(f'{tmp}: cannot create the HDF5 file ({err}); '
+                             'check --data_root') from None
+    try:
+        with f:
+            comp = None if compression == 'none' else compression
+            imgs = f.create_dataset('imgs', (n, 3, size, size), dtype='uint8',
+                                    chunks=(chunk, 3, size, size), compression=comp)
+            labels = np.empty(n, dtype=np.int64)
+            # Whole chunks are written at once: a partial write to a compressed
+            # chunk would read, decompress and recompress it every batch.
+            buf = np.empty((chunk, 3, size, size), dtype=np.uint8)
+            filled, written = 0, 0
+            for x, y in tqdm(loader, desc=f'{dataset} -> {path}', unit='batch'):
+                if tuple(x.shape[1:]) != (3, size, size):
+                    raise dset.DataError(f'{dataset}: items are {tuple(x.shape[1:])}, expected '
+                                         f'(3, {size}, {size})')
+                u8 = x.add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
+                labels[written + filled:written + filled + len(u8)] = y.numpy()
+                start = 0
+                while start < len(u8):
+                    take = min(chunk - filled, len(u8) - start)
+                    buf[filled:filled + take] = u8[start:start + take]
+                    filled, start = filled + take, start + take
+                    if filled == chunk or written + filled == n:
+                        imgs[written:written + filled] = buf[:filled]
+                        written, filled = written + filled, 0
+            if written != n:
+                raise dset.DataError(f'{dataset}: read {written} images, expected {n}')
+            f.create_dataset('labels', data=labels, chunks=(chunk,), compression=comp)
+            f.attrs['source'] = dataset
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def run(config):
+    """make_hdf5 from a parsed config (the original's entry point); returns the path."""
+    config = utils.update_config_roots(dict(config))
+    return make_hdf5(config['dataset'], config['data_root'], config['batch_size'],
+                     config['num_workers'], config['chunk_size'], config['compression'],
+                     config['overwrite'], config['max_images'])
+
+
+def main(argv=None):
+    config = vars(prepare_parser().parse_args(argv))
+    start = time.perf_counter()
+    try:
+        path = run(config)
+    except dset.DataError as err:
+        utils.fail(str(err))
+    except KeyboardInterrupt:
+        utils.fail('interrupted; no HDF5 file was written', status=130)
+    print(f'wrote {path} in {time.perf_counter() - start:.1f} s')
+
+
+if __name__ == '__main__':
+    main()
