@@ -721,20 +721,14 @@ class EpochSampler(Sampler):
         return self.locate(itr)[0]
 
     def set_epoch(self, epoch, start_batch=0):
-        """Make the next pass yield epoch `epoch` from global batch `start_batch`.
+        """Make the next pass yield epoch `epoch` from global batch `start_batch` of it.
 
-        start_batch counts batches within the epoch. A global iteration count is
-        accepted too (set_epoch(epoch, itr), as train.py calls it): for epoch >= 1
-        a value >= batches_per_epoch can only be one, and it must lie in `epoch`
-        (its last value, the epoch's end, leaves nothing for this pass).
+        To resume at global iteration itr: set_epoch(*locate(itr)).
         """
         bpe = self.batches_per_epoch
-        given = start_batch
-        if epoch >= 1 and start_batch >= bpe:
-            start_batch -= epoch * bpe
         if epoch < 0 or not 0 <= start_batch <= bpe:
-            raise ValueError(f'set_epoch({epoch}, {given}): need epoch >= 0 and a start batch '
-                             f'in 0..{bpe} (or a global iteration in that epoch)')
+            raise ValueError(f'set_epoch({epoch}, {start_batch}): need epoch >= 0 and a start '
+                             f'batch in 0..{bpe}')
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def __iter__(self):
@@ -806,14 +800,11 @@ class MultiEpochSampler(Sampler):
     def set_epoch(self, epoch, start_batch=0):
         """Make the next pass start at global batch first_batch(epoch) + start_batch.
 
-        As with EpochSampler, a global iteration count is accepted too: for
-        epoch >= 1 a value >= first_batch(epoch) is read as one.
+        To resume at global iteration itr: set_epoch(*locate(itr)).
         """
         if epoch < 0 or start_batch < 0:
             raise ValueError(f'set_epoch({epoch}, {start_batch}): need both >= 0')
-        first = self.first_batch(epoch)
-        self.start_itr = int(start_batch) if epoch >= 1 and start_batch >= first \
-            else first + int(start_batch)
+        self.start_itr = self.first_batch(epoch) + int(start_batch)
 
     def __iter__(self):
         start, end = self.start_itr, self.total_batches

@@ -36,18 +36,6 @@ def prepare_inception(config, log):
     return None
 
 
-def _check_batch(config, dataset_len):
-    D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
-    if config['num_D_steps'] < 1 and config['which_train_fn'] == 'GAN':
-        utils.fail('--num_D_steps 0: each G iteration needs at least one D step')
-    if dataset_len < D_batch_size:
-        utils.fail(f"--batch_size {config['batch_size']} x --num_D_steps {config['num_D_steps']} "
-                   f"x --num_D_accumulations {config['num_D_accumulations']} = {D_batch_size} "
-                   f"real images per iteration, but --dataset {config['dataset']} has only "
-                   f'{dataset_len}: lower the batch size or the step/accumulation counts')
-    return D_batch_size
-
-
 def run(config, log=None):
     """Train as configured by `config` (from utils.prepare_config); returns the final state_dict."""
     log = log or tqdm.write
@@ -86,9 +74,9 @@ def run(config, log=None):
     if config['parallel'] and torch.cuda.device_count() > 1:
         GD = nn.DataParallel(GD)
 
+    # One G iteration consumes a real batch for every D micro-batch.
+    D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
     try:
-        dataset = datasets.get_dataset(**config)
-        D_batch_size = _check_batch(config, len(dataset))
         loader = datasets.get_data_loaders(**{**config, 'batch_size': D_batch_size,
                                               'start_itr': state_dict['itr']})[0]
     except datasets.DataError as err:
@@ -141,8 +129,7 @@ def run(config, log=None):
                        get_inception_metrics, experiment_name, test_log, log=log)
 
     sampler = loader.sampler
-    batches_per_epoch = sampler.batches_per_epoch
-    total = config['num_iters'] or config['num_epochs'] * batches_per_epoch
+    total = config['num_iters'] or config['num_epochs'] * sampler.batches_per_epoch
     pending, last_flush, last_save = [], time.monotonic(), state_dict['itr']
     pbar = tqdm(total=total, initial=min(state_dict['itr'], total), desc=experiment_name[:40],
                 dynamic_ncols=True)
@@ -163,7 +150,7 @@ def run(config, log=None):
 
     done = state_dict['itr'] >= total
     while not done and state_dict['epoch'] < config['num_epochs']:
-        sampler.set_epoch(state_dict['epoch'], state_dict['itr'])
+        sampler.set_epoch(*sampler.locate(state_dict['itr']))
         for x, y in loader:
             state_dict['itr'] += 1
             itr = state_dict['itr']

@@ -255,11 +255,15 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                                folder_number=folder, fix_z=fix_z, fix_y=fix_y,
                                generator=generator)
     ema_G = G_ema if config['ema'] else None
+    slot = state_dict['save_num']
+    if config['num_save_copies'] > 0:
+        # Advanced before writing, so a run resumed from these files rotates to
+        # the next copy instead of overwriting the one written now.
+        state_dict['save_num'] = (slot + 1) % config['num_save_copies']
     utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None, ema_G)
     if config['num_save_copies'] > 0:
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                           f"copy{state_dict['save_num']}", ema_G)
-        state_dict['save_num'] = (state_dict['save_num'] + 1) % config['num_save_copies']
+                           f'copy{slot}', ema_G)
 
 
 def rank_best(entries, which_best):

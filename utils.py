@@ -268,6 +268,9 @@ def add_sample_parser(parser):
              '(default: %(default)s)')
     arg('--sample_inception_metrics', action='store_true', default=False,
         help='Compute IS/FID of the loaded model (default: %(default)s)')
+    arg('--truncation', type=float, default=0.0,
+        help='Draw z from a normal truncated to [-t, t] (resampling values outside); '
+             '0 means no truncation (default: %(default)s)')
     return parser
 
 
@@ -346,7 +349,10 @@ def _check_flags(config):
                  'dim_z', 'num_G_SVs', 'num_D_SVs', 'num_G_SV_itrs', 'num_D_SV_itrs'):
         if config[flag] < 1:
             errors.append(f"--{flag} {config[flag]}: must be at least 1")
-    for flag in ('num_D_steps', 'G_batch_size', 'num_iters', 'shared_dim', 'ema_start',
+    if config['num_D_steps'] < 1 and config['which_train_fn'] == 'GAN':
+        errors.append(f"--num_D_steps {config['num_D_steps']}: each G iteration needs at "
+                      'least one D step')
+    for flag in ('G_batch_size', 'num_iters', 'shared_dim', 'ema_start',
                  'num_save_copies', 'num_best_copies'):
         if config[flag] < 0:
             errors.append(f"--{flag} {config[flag]}: must not be negative")
@@ -491,29 +497,42 @@ class Distribution(torch.Tensor):
         self.generator = generator
         if dist_type == 'normal':
             self.mean, self.var = kwargs['mean'], kwargs['var']
+            self.truncation = kwargs.get('truncation', 0.0)
         elif dist_type == 'categorical':
             self.num_categories = kwargs['num_categories']
         return self
 
     def sample_(self):
-        """Redraw every entry in place (normal: std = var, as in the original)."""
+        """Redraw every entry in place.
+
+        normal: std = var (as in the original); with truncation t > 0 each entry
+        is a standard normal conditioned on |z| <= t (the truncation trick, as
+        the TF Hub generators expect), then scaled by var.
+        """
         if self.dist_type == 'normal':
-            self.normal_(self.mean, self.var, generator=self.generator)
+            if self.truncation > 0:
+                torch.nn.init.trunc_normal_(self, 0.0, 1.0, -self.truncation, self.truncation,
+                                            generator=self.generator)
+                if self.var != 1.0:
+                    self.mul_(self.var)
+            else:
+                self.normal_(self.mean, self.var, generator=self.generator)
         elif self.dist_type == 'categorical':
             self.random_(0, self.num_categories, generator=self.generator)
         return self
 
 
 def prepare_z_y(G_batch_size, dim_z, nclasses, device='cuda', fp16=False, z_var=1.0,
-                generator=None):
+                generator=None, truncation=0.0):
     """Samplable latent and class tensors: z_ (G_batch_size, dim_z), y_ (G_batch_size,) int64.
 
     With `generator` (a torch.Generator on `device`) they draw from it instead
-    of the global RNG.
+    of the global RNG; truncation > 0 draws z from the truncated normal.
     """
     z_ = torch.zeros(G_batch_size, dim_z, device=device,
                      dtype=torch.float16 if fp16 else torch.float32)
-    z_ = z_.as_subclass(Distribution).init_distribution('normal', generator, mean=0, var=z_var)
+    z_ = z_.as_subclass(Distribution).init_distribution('normal', generator, mean=0, var=z_var,
+                                                        truncation=truncation)
     y_ = torch.zeros(G_batch_size, device=device, dtype=torch.int64)
     y_ = y_.as_subclass(Distribution).init_distribution('categorical', generator,
                                                         num_categories=nclasses)

@@ -528,12 +528,12 @@ class _Indices(torch.utils.data.Dataset):
 
 
 def _loop(loader, state, num_epochs, total, stop_at=None):
-    """The epoch loop of train.py as merged: set_epoch(epoch, global itr) before
-    each pass, epoch_of(itr) after it. Returns the batches it trained on."""
+    """The epoch loop of train.py: set_epoch(*locate(itr)) before each pass,
+    epoch_of(itr) after it. Returns the batches it trained on."""
     sampler, seen = loader.sampler, []
     done = state['itr'] >= total
     while not done and state['epoch'] < num_epochs:
-        sampler.set_epoch(state['epoch'], state['itr'])
+        sampler.set_epoch(*sampler.locate(state['itr']))
         for batch in loader:
             state['itr'] += 1
             seen.append(batch.tolist())

@@ -1,0 +1,171 @@
+"""Sample from a trained BigGAN: `python sample.py [flags] --sample_sheets ...`.
+
+Loads G (or G_ema with --use_ema) of an experiment, by its name (from
+--experiment_name or the flags, as train.py names it) under --weights_root,
+optionally a --load_weights copy such as best0, and writes what the flags ask
+for under samples/<experiment>/: an npz of samples, class-conditional and
+interpolation sheets, a random sheet, IS/FID, and IS/FID across truncations.
+"""
+import functools
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm, trange
+
+import train_fns
+import utils
+
+
+def load_generator(config, device):
+    """Build G from config and load the experiment's G.pth (G_ema.pth with --use_ema).
+
+    Returns (G, state_dict, experiment_name); exits with a clear message when
+    the checkpoint is missing or does not fit the flags.
+    """
+    model = utils.load_model_module(config['model'])
+    experiment_name = config['experiment_name'] or utils.name_from_config(config)
+    G = model.Generator(**{**config, 'skip_init': True, 'no_optim': True}).to(device)
+    state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'best_IS': 0, 'best_FID': 999999,
+                  'config': config}
+    use_ema = config['use_ema']
+    try:
+        utils.load_weights(None if use_ema else G, None, state_dict, config['weights_root'],
+                           experiment_name, config['load_weights'] or None,
+                           G if use_ema else None, strict=True, load_optim=False)
+    except utils.CheckpointError as err:
+        utils.fail(str(err))
+    return G, state_dict, experiment_name
+
+
+def write_npz(sample, num, path):
+    """Write `num` samples as uint8 NHWC images x and labels y to `path` (the original's format)."""
+    xs, ys, count = [], [], 0
+    with tqdm(total=num, desc='npz', unit='img') as pbar:
+        while count < num:
+            images, labels = sample()
+            xs.append(np.uint8(255 * (images.float().cpu().numpy() + 1) / 2.0 + 0.5)
+                      .transpose(0, 2, 3, 1))
+            ys.append(labels.cpu().numpy())
+            count += len(labels)
+            pbar.update(len(labels))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.partial.npz'
+    np.savez(tmp, x=np.concatenate(xs)[:num], y=np.concatenate(ys)[:num])
+    os.replace(tmp, path)
+
+
+def run(config, log=print):
+    """Do every sampling job the flags ask for; returns {job: result} for metric jobs."""
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    utils.seed_rng(config['seed'])
+    G, state_dict, experiment_name = load_generator(config, device)
+    G_batch_size = max(config['G_batch_size'], config['batch_size'])
+    gen = utils.private_generator(config['seed'], device)
+    z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
+                               z_var=config['z_var'], generator=gen,
+                               truncation=config['truncation'])
+    if config['G_eval_mode']:
+        G.eval()
+    else:
+        G.train()
+    if config['accumulate_stats']:
+        train_fns.accumulate_standing_stats(G, z_, y_, config['n_classes'],
+                                            config['num_standing_accumulations'])
+    sample = functools.partial(utils.sample, G=G, z_=z_, y_=y_, config=config)
+    root = os.path.join(config['samples_root'], experiment_name)
+    folder = (config['sample_sheet_folder_num'] if config['sample_sheet_folder_num'] >= 0
+              else state_dict['itr'])
+    results = {}
+    if config['sample_npz']:
+        path = os.path.join(root, 'samples.npz')
+        write_npz(sample, config['sample_num_npz'], path)
+        log(f"Wrote {config['sample_num_npz']} samples to {path}")
+    if config['sample_sheets']:
+        utils.sample_sheet(G, classes_per_sheet=config['classes_per_sheet'],
+                           num_classes=config['n_classes'], samples_per_class=10,
+                           parallel=config['parallel'], samples_root=config['samples_root'],
+                           experiment_name=experiment_name, folder_number=folder, generator=gen)
+        log(f'Wrote class sheets to {os.path.join(root, str(folder))}')
+    if config['sample_interps']:
+        for fix_z, fix_y in ((False, False), (False, True), (True, False)):
+            utils.interp_sheet(G, num_per_sheet=16, num_midpoints=8,
+                               num_classes=config['n_classes'], parallel=config['parallel'],
+                               samples_root=config['samples_root'],
+                               experiment_name=experiment_name, folder_number=folder,
+                               fix_z=fix_z, fix_y=fix_y, generator=gen)
+        log(f'Wrote interpolation sheets to {os.path.join(root, str(folder))}')
+    if config['sample_random']:
+        images, _ = sample()
+        path = os.path.join(root, str(folder), 'random_samples.jpg')
+        utils.save_sheet(images, path, nrow=int(G_batch_size ** 0.5))
+        log(f'Wrote {path}')
+    if config['sample_inception_metrics'] or config['sample_trunc_curves']:
+        results.update(_metrics(config, G, z_, y_, sample, state_dict, G_batch_size, log))
+    return results
+
+
+def _metrics(config, G, z_, y_, sample, state_dict, G_batch_size, log):
+    import inception_utils
+    try:
+        get_inception_metrics = inception_utils.prepare_inception_metrics(
+            config['dataset'], config['parallel'], config['no_fid'],
+            data_root=config['data_root'],
+            network=config.get('inception_network', 'torchvision'))
+    except (RuntimeError, FileNotFoundError) as err:
+        utils.fail(str(err))
+    results = {}
+
+    def measure(label):
+        IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
+                                                     num_splits=10, prints=False)
+        mode = 'eval' if config['G_eval_mode'] else 'training'
+        log(f"{'EMA' if config['use_ema'] else 'non-EMA'} G in {mode} mode, {label}, "
+            f"{config['num_inception_images']} images, batch {G_batch_size}, itr "
+            f"{state_dict['itr']}: IS {IS_mean:3.3f} +/- {IS_std:3.3f}, FID {FID:5.4f}")
+        return {'IS_mean': IS_mean, 'IS_std': IS_std, 'FID': FID}
+
+    if config['sample_inception_metrics']:
+        results['metrics'] = measure(f"truncation {config['truncation'] or 'none'}")
+    if config['sample_trunc_curves']:
+        start, step, end = (float(v) for v in config['sample_trunc_curves'].split('_'))
+        curve = []
+        for t in trange(int(round((end - start) / step)) + 1, desc='truncations'):
+            z_.truncation = start + t * step
+            if config['accumulate_stats']:
+                train_fns.accumulate_standing_stats(G, z_, y_, config['n_classes'],
+                                                    config['num_standing_accumulations'])
+            curve.append({'truncation': z_.truncation,
+                          **measure(f'truncation {z_.truncation:.3f}')})
+        results['trunc_curve'] = curve
+    return results
+
+
+def check_sample_flags(config):
+    """Refuse bad sampling flags before any model is loaded."""
+    if config['sample_trunc_curves']:
+        parts = config['sample_trunc_curves'].split('_')
+        try:
+            start, step, end = (float(v) for v in parts)
+        except ValueError:
+            utils.fail(f"--sample_trunc_curves {config['sample_trunc_curves']}: give "
+                       'start_step_end, e.g. 0.2_0.1_1.0')
+        if not (0 < start <= end and step > 0):
+            utils.fail(f"--sample_trunc_curves {config['sample_trunc_curves']}: need "
+                       '0 < start <= end and step > 0')
+    if config['truncation'] < 0:
+        utils.fail(f"--truncation {config['truncation']}: must be 0 (off) or positive")
+    if config['sample_npz'] and config['sample_num_npz'] < 1:
+        utils.fail(f"--sample_num_npz {config['sample_num_npz']}: must be at least 1")
+
+
+def main(argv=None):
+    """Parse the command line and sample."""
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    config = utils.parse_config(parser, argv)
+    check_sample_flags(config)
+    run(config)
+
+
+if __name__ == '__main__':
+    main()
