@@ -236,6 +236,22 @@ class TFInceptionE(nn.Module):
         return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(self.pool(x))], 1)
 
 
+_MIXED_BLOCKS = ('Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a', 'Mixed_6b', 'Mixed_6c',
+                 'Mixed_6d', 'Mixed_6e', 'Mixed_7a', 'Mixed_7b', 'Mixed_7c')
+
+
+def _pool_features(net, x):
+    """The Inception-v3 trunk shared by both networks (same layer names): normalised input
+    (N, 3, 299, 299) -> pool_3 features (N, 2048)."""
+    x = net.Conv2d_2b_3x3(net.Conv2d_2a_3x3(net.Conv2d_1a_3x3(x)))
+    x = F.max_pool2d(x, kernel_size=3, stride=2)
+    x = net.Conv2d_4a_3x3(net.Conv2d_3b_1x1(x))
+    x = F.max_pool2d(x, kernel_size=3, stride=2)
+    for name in _MIXED_BLOCKS:
+        x = getattr(net, name)(x)
+    return x.mean(dim=(2, 3))
+
+
 class TFInceptionV3(nn.Module):
     """The TF Inception graph of 2015-12-05 (the FID/IS reference network).
 
@@ -269,16 +285,7 @@ class TFInceptionV3(nn.Module):
         # (so 255 -> 0.9921875, not 1): reproduce exactly that order and scaling.
         x = (x.float() + 1.0) * 127.5
         x = tf1_resize_bilinear(x, (INCEPTION_SIZE, INCEPTION_SIZE))
-        x = (x - 128.0) / 128.0
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = F.max_pool2d(x, kernel_size=3, stride=2)
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
-                      self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b,
-                      self.Mixed_7c):
-            x = block(x)
-        pool = x.mean(dim=(2, 3))
+        pool = _pool_features(self, (x - 128.0) / 128.0)
         # The TF IS code takes logits = pool_3 @ W (softmax/logits/MatMul), without the bias.
         return pool, F.linear(pool, self.fc.weight)
 
@@ -307,32 +314,26 @@ class WrapInception(nn.Module):
         if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
             x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode='bilinear',
                               align_corners=True)
-        net = self.net
-        x = net.Conv2d_2b_3x3(net.Conv2d_2a_3x3(net.Conv2d_1a_3x3(x)))
-        x = F.max_pool2d(x, kernel_size=3, stride=2)
-        x = net.Conv2d_4a_3x3(net.Conv2d_3b_1x1(x))
-        x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for block in (net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b,
-                      net.Mixed_6c, net.Mixed_6d, net.Mixed_6e, net.Mixed_7a, net.Mixed_7b,
-                      net.Mixed_7c):
-            x = block(x)
-        pool = x.mean(dim=(2, 3))
-        return pool, net.fc(pool)
+        pool = _pool_features(self.net, x)
+        return pool, self.net.fc(pool)
 
 
 # ---------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------
+def _check_network(network):
+    if network not in NETWORKS:
+        raise ValueError(f"--inception_network {network}: use one of {', '.join(NETWORKS)}")
+
+
 def inception_architecture(network='torchvision'):
     """The bare, freshly initialised network that the weights file of `network` loads into:
     TFInceptionV3 for 'tf', torchvision's Inception3 (with AuxLogits) for 'torchvision'."""
+    _check_network(network)
     if network == 'tf':
         return TFInceptionV3()
-    if network == 'torchvision':
-        from torchvision.models import inception_v3
-        return inception_v3(weights=None, aux_logits=True, transform_input=False,
-                            init_weights=False)
-    raise ValueError(f"--inception_network {network}: use one of {', '.join(NETWORKS)}")
+    from torchvision.models import inception_v3
+    return inception_v3(weights=None, aux_logits=True, transform_input=False, init_weights=False)
 
 
 def weights_help(network):
@@ -364,8 +365,7 @@ def _read_state_dict(path, network):
 def load_inception_state_dict(network='torchvision', weights_path=None):
     """The state dict of `network`'s weights: from `weights_path`, else the torch hub checkpoint
     dir, else downloaded (when online). Raises InceptionWeightsUnavailable otherwise."""
-    if network not in NETWORKS:
-        raise ValueError(f"--inception_network {network}: use one of {', '.join(NETWORKS)}")
+    _check_network(network)
     filename, url = _WEIGHTS[network]
     if weights_path:
         if not os.path.isfile(weights_path):
@@ -652,8 +652,7 @@ def accumulate_inception_statistics(batches, net, num_images, num_splits=10, spl
 
 def moments_filename(dataset, data_root='data', network='torchvision'):
     """`<data_root>/<dataset without _hdf5>_inception_moments[_tf].npz` (one file per network)."""
-    if network not in NETWORKS:
-        raise ValueError(f"--inception_network {network}: use one of {', '.join(NETWORKS)}")
+    _check_network(network)
     name = dataset.removesuffix('_hdf5') + '_inception_moments'
     return os.path.join(data_root, name + ('_tf' if network == 'tf' else '') + '.npz')
 

@@ -433,6 +433,10 @@ def test_moments_files_are_named_per_network():
     assert parser.parse_args(['--inception_network', 'tf']).inception_network == 'tf'
     with pytest.raises(SystemExit):
         parser.parse_args(['--inception_network', 'keras'])
+    for call in (lambda: iu.moments_filename('C10', 'data', 'keras'),
+                 lambda: iu.load_inception_net(network='keras')):
+        with pytest.raises(ValueError, match='--inception_network keras: use one of'):
+            call()
 
 
 class _Sampler:
