@@ -173,6 +173,10 @@ def prepare_parser():
         help='Compute IS/FID every this many iterations (default: %(default)s)')
     arg('--num_inception_images', type=int, default=50000,
         help='Samples used for IS/FID (default: %(default)s)')
+    arg('--inception_network', type=str, default='torchvision', choices=('torchvision', 'tf'),
+        help="Inception for IS/FID: torchvision (the original's monitoring numbers) or tf "
+             '(the TF 2015-12-05 graph, comparable with published numbers) '
+             '(default: %(default)s)')
     arg('--hashname', action='store_true', default=False,
         help='Name the experiment by a short hash of its config (default: %(default)s)')
     arg('--base_root', type=str, default='',

@@ -1,0 +1,861 @@
+"""Inception Score and FID: the Inception networks, exact Frechet distance, streaming statistics.
+
+Two networks map images in [-1, 1], (N, 3, H, W), to (pool (N, 2048), logits):
+
+- ``torchvision``: torchvision's ImageNet Inception-v3 with the original BigGAN-PyTorch input
+  handling. Its numbers are for monitoring only: they differ from the published TF ones.
+- ``tf``: the TF Inception graph of 2015-12-05 that the reference IS and FID code runs, ported to
+  PyTorch (weights ``pt_inception-2015-12-05-6726825d.pth``, as used by pytorch-fid). Its input
+  resize reproduces TF1 ``resize_bilinear`` and its logits omit the fc bias, as the TF IS code
+  computes them, so its IS/FID are comparable with published numbers.
+
+The Frechet distance is exact in float64: trace(sqrt(S1 S2)) is the sum of the square roots of
+the eigenvalues of L^T S2 L, with S1 = L L^T (one generalised symmetric eigenproblem), instead of
+a general matrix square root (scipy's sqrtm, over 10x slower) or a fixed number of Newton-Schulz
+iterations (the original's fast path, which can return NaN or a biased trace in float32).
+
+Statistics are streamed: activations never accumulate in memory. ``RunningMoments`` keeps float64
+sums for the mean and covariance; ``InceptionScore`` keeps, per split, the sum of p log p and the
+sum of p, from which each split's mean KL divergence follows exactly.
+
+Command line (IS, and FID against a reference)::
+
+    python inception_utils.py --samples samples.npz --reference data/I128_inception_moments_tf.npz \
+        --network tf
+"""
+import argparse
+import http.client
+import itertools
+import os
+import sys
+import urllib.error
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NETWORKS = ('torchvision', 'tf')
+INCEPTION_SIZE = 299
+POOL_DIM = 2048
+
+TF_WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth'
+TF_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
+                  + TF_WEIGHTS_FILE)
+TORCHVISION_WEIGHTS_FILE = 'inception_v3_google-0cc3c7bd.pth'
+TORCHVISION_WEIGHTS_URL = 'https://download.pytorch.org/models/' + TORCHVISION_WEIGHTS_FILE
+_WEIGHTS = {'tf': (TF_WEIGHTS_FILE, TF_WEIGHTS_URL),
+            'torchvision': (TORCHVISION_WEIGHTS_FILE, TORCHVISION_WEIGHTS_URL)}
+
+
+class InceptionWeightsUnavailable(RuntimeError):
+    """The Inception weights are missing (offline, no file) or unreadable; the message says
+    which file is needed and where to put it."""
+
+
+class InceptionMomentsMissing(FileNotFoundError):
+    """The dataset's moments file for FID does not exist; the message names the file and the
+    command that writes it."""
+
+
+# ---------------------------------------------------------------------------
+# TF1 resize
+# ---------------------------------------------------------------------------
+def _tf1_source_coords(in_size, out_size, device):
+    # TF1 computes the scale and the source coordinate in float32, with no half-pixel offset:
+    # src = dst * in / out, then lerps between floor(src) and the next pixel (clamped).
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = torch.arange(out_size, dtype=torch.float32, device=device) * torch.tensor(
+        scale, dtype=torch.float32, device=device)
+    lo = torch.floor(src)
+    frac = src - lo
+    lo = lo.long()
+    hi = torch.clamp(lo + 1, max=in_size - 1)
+    return lo, hi, frac
+
+
+def tf1_resize_bilinear(x, size=(INCEPTION_SIZE, INCEPTION_SIZE)):
+    """TF1 ``tf.image.resize_bilinear(x, size, align_corners=False)``.
+
+    x: (N, C, H, W) float -> (N, C, size[0], size[1]). Source coordinates are ``dst * in / out``
+    (no half-pixel centres, unlike ``F.interpolate(align_corners=False)``), interpolated first
+    along the width, then along the height, as TF does. The identity when the size matches.
+    """
+    out_h, out_w = size
+    in_h, in_w = x.shape[-2:]
+    if (in_h, in_w) == (out_h, out_w):
+        return x
+    y_lo, y_hi, y_frac = _tf1_source_coords(in_h, out_h, x.device)
+    x_lo, x_hi, x_frac = _tf1_source_coords(in_w, out_w, x.device)
+    x_frac = x_frac.to(x.dtype)
+    y_frac = y_frac.to(x.dtype).view(-1, 1)
+
+    def along_width(rows):
+        left, right = rows.index_select(-1, x_lo), rows.index_select(-1, x_hi)
+        return left + (right - left) * x_frac
+
+    if in_h < out_h:
+        # Upsampling: lerp each input row once, then pick rows; the same values TF computes.
+        rows = along_width(x)
+        top, bottom = rows.index_select(-2, y_lo), rows.index_select(-2, y_hi)
+    else:
+        top, bottom = along_width(x.index_select(-2, y_lo)), along_width(x.index_select(-2, y_hi))
+    return top + (bottom - top) * y_frac
+
+
+# ---------------------------------------------------------------------------
+# The TF (FID) Inception-v3
+# ---------------------------------------------------------------------------
+class BasicConv2d(nn.Module):
+    """Conv (no bias), batch norm (eps 1e-3, as TF's graph), ReLU."""
+
+    def __init__(self, in_channels, out_channels, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+def _tf_avg_pool(x):
+    # TF's SAME average pooling divides by the number of real (unpadded) inputs.
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+def _tf_max_pool(x):
+    return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+
+
+class TFInceptionA(nn.Module):
+    """Mixed_5b/5c/5d: 35x35 block. (N, in, 35, 35) -> (N, 224 + pool_features, 35, 35)."""
+
+    def __init__(self, in_channels, pool_features):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(in_channels, pool_features, kernel_size=1)
+
+    def forward(self, x):
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(_tf_avg_pool(x))], 1)
+
+
+class TFInceptionB(nn.Module):
+    """Mixed_6a: grid reduction 35 -> 17. (N, in, 35, 35) -> (N, 480 + in, 17, 17)."""
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch3x3(x), b3, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class TFInceptionC(nn.Module):
+    """Mixed_6b..6e: 17x17 block with factorised 7x7 convs. (N, 768, 17, 17) -> same."""
+
+    def __init__(self, in_channels, channels_7x7):
+        super().__init__()
+        c7 = channels_7x7
+        self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+
+    def forward(self, x):
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        bd = x
+        for conv in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
+                     self.branch7x7dbl_4, self.branch7x7dbl_5):
+            bd = conv(bd)
+        return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(_tf_avg_pool(x))], 1)
+
+
+class TFInceptionD(nn.Module):
+    """Mixed_7a: grid reduction 17 -> 8. (N, 768, 17, 17) -> (N, 1280, 8, 8)."""
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
+        return torch.cat([b3, b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class TFInceptionE(nn.Module):
+    """Mixed_7b/7c: 8x8 block with split 3x3 convs. (N, in, 8, 8) -> (N, 2048, 8, 8).
+
+    pool: 'avg' (Mixed_7b) or 'max' (Mixed_7c: the 2015-12-05 graph max-pools here).
+    """
+
+    def __init__(self, in_channels, pool='avg'):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
+        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 448, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.pool = {'avg': _tf_avg_pool, 'max': _tf_max_pool}[pool]
+
+    def forward(self, x):
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
+        return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(self.pool(x))], 1)
+
+
+_MIXED_BLOCKS = ('Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a', 'Mixed_6b', 'Mixed_6c',
+                 'Mixed_6d', 'Mixed_6e', 'Mixed_7a', 'Mixed_7b', 'Mixed_7c')
+
+
+def _pool_features(net, x):
+    """The Inception-v3 trunk shared by both networks (same layer names): normalised input
+    (N, 3, 299, 299) -> pool_3 features (N, 2048)."""
+    x = net.Conv2d_2b_3x3(net.Conv2d_2a_3x3(net.Conv2d_1a_3x3(x)))
+    x = F.max_pool2d(x, kernel_size=3, stride=2)
+    x = net.Conv2d_4a_3x3(net.Conv2d_3b_1x1(x))
+    x = F.max_pool2d(x, kernel_size=3, stride=2)
+    for name in _MIXED_BLOCKS:
+        x = getattr(net, name)(x)
+    return x.mean(dim=(2, 3))
+
+
+class TFInceptionV3(nn.Module):
+    """The TF Inception graph of 2015-12-05 (the FID/IS reference network).
+
+    Its state dict has torchvision's key names (no AuxLogits, fc 2048 -> 1008), so
+    ``pt_inception-2015-12-05-6726825d.pth`` loads into it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.Mixed_5b = TFInceptionA(192, pool_features=32)
+        self.Mixed_5c = TFInceptionA(256, pool_features=64)
+        self.Mixed_5d = TFInceptionA(288, pool_features=64)
+        self.Mixed_6a = TFInceptionB(288)
+        self.Mixed_6b = TFInceptionC(768, channels_7x7=128)
+        self.Mixed_6c = TFInceptionC(768, channels_7x7=160)
+        self.Mixed_6d = TFInceptionC(768, channels_7x7=160)
+        self.Mixed_6e = TFInceptionC(768, channels_7x7=192)
+        self.Mixed_7a = TFInceptionD(768)
+        self.Mixed_7b = TFInceptionE(1280, pool='avg')
+        self.Mixed_7c = TFInceptionE(2048, pool='max')
+        self.fc = nn.Linear(POOL_DIM, 1008)
+
+    def forward(self, x):
+        """x: (N, 3, H, W) in [-1, 1] -> pool (N, 2048), logits (N, 1008) without the fc bias."""
+        # The TF graph takes 0..255 pixels, resizes them, then maps them with (p - 128) / 128
+        # (so 255 -> 0.9921875, not 1): reproduce exactly that order and scaling.
+        x = (x.float() + 1.0) * 127.5
+        x = tf1_resize_bilinear(x, (INCEPTION_SIZE, INCEPTION_SIZE))
+        pool = _pool_features(self, (x - 128.0) / 128.0)
+        # The TF IS code takes logits = pool_3 @ W (softmax/logits/MatMul), without the bias.
+        return pool, F.linear(pool, self.fc.weight)
+
+
+# ---------------------------------------------------------------------------
+# torchvision's Inception-v3, wrapped as in the original
+# ---------------------------------------------------------------------------
+class WrapInception(nn.Module):
+    """torchvision's Inception-v3 with the original BigGAN-PyTorch input handling.
+
+    Maps [-1, 1] to ImageNet mean/std normalisation, then resizes to 299 with bilinear
+    interpolation and align_corners=True (what the original's code does).
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.register_buffer('mean', torch.tensor([0.485, 0.456, 0.406]).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer('std', torch.tensor([0.229, 0.224, 0.225]).view(1, -1, 1, 1),
+                             persistent=False)
+
+    def forward(self, x):
+        """x: (N, 3, H, W) in [-1, 1] -> pool (N, 2048), logits (N, 1000)."""
+        x = ((x.float() + 1.0) / 2.0 - self.mean) / self.std
+        if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode='bilinear',
+                              align_corners=True)
+        pool = _pool_features(self.net, x)
+        return pool, self.net.fc(pool)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+def _check_network(network):
+    if network not in NETWORKS:
+        raise ValueError(f"--inception_network {network}: use one of {', '.join(NETWORKS)}")
+
+
+def inception_architecture(network='torchvision'):
+    """The bare, freshly initialised network that the weights file of `network` loads into:
+    TFInceptionV3 for 'tf', torchvision's Inception3 (with AuxLogits) for 'torchvision'."""
+    _check_network(network)
+    if network == 'tf':
+        return TFInceptionV3()
+    from torchvision.models import inception_v3
+    return inception_v3(weights=None, aux_logits=True, transform_input=False, init_weights=False)
+
+
+def weights_help(network):
+    """Where the weights of `network` come from, for error messages."""
+    filename, url = _WEIGHTS[network]
+    return (f'put {filename} (from {url}) in {os.path.join(torch.hub.get_dir(), "checkpoints")}'
+            f' or pass its path with --inception_weights')
+
+
+def _download_state_dict(url):
+    # One place for the network access, so tests can replace it.
+    return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True,
+                                              map_location='cpu', weights_only=True)
+
+
+def _read_state_dict(path, network):
+    try:
+        state_dict = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # unpickling, truncated file, not a torch file
+        raise InceptionWeightsUnavailable(
+            f'{path}: cannot read it as {network} Inception weights ({type(err).__name__}: '
+            f'{str(err).splitlines()[0] if str(err) else ""}); {weights_help(network)}') from None
+    if not isinstance(state_dict, dict):
+        raise InceptionWeightsUnavailable(f'{path}: holds a {type(state_dict).__name__}, not a '
+                                          f'state dict; {weights_help(network)}')
+    return state_dict
+
+
+def load_inception_state_dict(network='torchvision', weights_path=None):
+    """The state dict of `network`'s weights: from `weights_path`, else the torch hub checkpoint
+    dir, else downloaded (when online). Raises InceptionWeightsUnavailable otherwise."""
+    _check_network(network)
+    filename, url = _WEIGHTS[network]
+    if weights_path:
+        if not os.path.isfile(weights_path):
+            raise InceptionWeightsUnavailable(
+                f'--inception_weights {weights_path}: no such file; {weights_help(network)}')
+        return _read_state_dict(weights_path, network)
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', filename)
+    if os.path.isfile(cached):
+        return _read_state_dict(cached, network)
+    try:
+        return _download_state_dict(url)
+    except (urllib.error.URLError, OSError, http.client.HTTPException, RuntimeError) as err:
+        reason = getattr(err, 'reason', err)
+        raise InceptionWeightsUnavailable(
+            f'the {network} Inception weights {filename} are not available here and could not '
+            f'be downloaded ({reason}); {weights_help(network)}') from None
+
+
+def _load_checked(module, state_dict, network, source):
+    # Older files may lack BN's num_batches_tracked (unused in eval mode); anything else
+    # missing, unexpected or mis-shaped means the file is not these weights.
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [k for k in own
+              if k in state_dict and tuple(getattr(state_dict[k], 'shape', ())) != own[k].shape]
+    if missing or unexpected or shapes:
+        details = '; '.join(f'{what}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
+                            for what, keys in (('missing', missing), ('unexpected', unexpected),
+                                               ('wrong shape', shapes)) if keys)
+        raise InceptionWeightsUnavailable(f'{source}: not the {network} Inception weights '
+                                          f'({details}); {weights_help(network)}')
+    state_dict = dict(state_dict)
+    for key in own:
+        state_dict.setdefault(key, torch.zeros((), dtype=torch.long))  # the BN counters
+    # assign=True takes the loaded tensors as they are: the module was built on the meta device.
+    module.load_state_dict(state_dict, strict=True, assign=True)
+
+
+def load_inception_net(parallel=False, network='torchvision', weights_path=None, device=None):
+    """The Inception network for IS/FID, in eval mode, on `device` (default: cuda if available).
+
+    Returns a module mapping images (N, 3, H, W) in [-1, 1], any H, W (resized to 299 inside),
+    to (pool (N, 2048), logits (N, 1000 for torchvision | 1008 for tf)).
+    network: 'torchvision' (the original's monitoring numbers) or 'tf' (TF-comparable numbers).
+    weights_path: a state-dict file; by default the torch hub cache, else a download.
+    Raises InceptionWeightsUnavailable when the weights cannot be found or read.
+    """
+    state_dict = load_inception_state_dict(network, weights_path)
+    source = weights_path or _WEIGHTS[network][0]
+    with torch.device('meta'):  # no time spent initialising weights that are overwritten
+        net = inception_architecture(network)
+    if network == 'torchvision':
+        if not any(k.startswith('AuxLogits.') for k in state_dict):
+            net.AuxLogits = None
+        _load_checked(net, state_dict, network, source)
+        # The auxiliary classifier only matters in training; drop it.
+        net.AuxLogits, net.aux_logits = None, False
+        net = WrapInception(net)
+    else:
+        _load_checked(net, state_dict, network, source)
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    net = net.to(device).eval().requires_grad_(False)
+    if parallel:
+        net = nn.DataParallel(net)
+    return net
+
+
+# ---------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------
+class RunningMoments:
+    """Streaming mean and covariance of feature rows, in float64.
+
+    Keeps sums of (x - K) and (x - K)(x - K)^T with K the first batch's mean (a shift that
+    keeps the float64 sums free of cancellation), on the device of the first batch.
+    """
+
+    def __init__(self):
+        self.n = 0
+        self.shift = self.sum = self.sum_outer = None
+
+    def update(self, acts):
+        """acts: (B, D) tensor or array of features."""
+        acts = torch.as_tensor(acts).detach().to(torch.float64)
+        if acts.ndim != 2:
+            raise ValueError(f'expected activations (B, D), got shape {tuple(acts.shape)}')
+        if self.shift is None:
+            self.shift = acts.mean(0)
+            self.sum = torch.zeros_like(self.shift)
+            self.sum_outer = acts.new_zeros(acts.shape[1], acts.shape[1])
+        centred = acts.to(self.shift.device) - self.shift
+        self.sum += centred.sum(0)
+        self.sum_outer.addmm_(centred.T, centred)
+        self.n += acts.shape[0]
+
+    @property
+    def mu(self):
+        """Mean, (D,) float64 numpy."""
+        if self.n == 0:
+            raise ValueError('no activations were accumulated')
+        return (self.shift + self.sum / self.n).cpu().numpy()
+
+    @property
+    def sigma(self):
+        """Unbiased covariance (as np.cov), (D, D) float64 numpy. Warns when n <= D."""
+        if self.n < 2:
+            raise ValueError(f'a covariance needs at least 2 samples, got {self.n}')
+        dim = self.sum.shape[0]
+        if self.n <= dim:
+            warnings.warn(f'moments from {self.n} samples of {dim}-d features: the covariance is '
+                          f'singular and FID is biased upward; use more than {dim} samples '
+                          '(50000 is standard)', stacklevel=2)
+        mean = self.sum / self.n
+        cov = (self.sum_outer - self.n * torch.outer(mean, mean)) / (self.n - 1)
+        return cov.cpu().numpy()
+
+
+class InceptionScore:
+    """Streaming Inception Score over `num_images` predictions in `num_splits` splits.
+
+    Split k holds predictions k*S .. (k+1)*S - 1 in arrival order, S = num_images // num_splits
+    (the remainder is left out, as in the original), or, with `seed`, a seeded random
+    assignment (for data that arrives sorted by class). Per split it keeps sum(p log p) and
+    sum(p), which give the mean KL(p(y|x) || p(y)) exactly.
+    """
+
+    def __init__(self, num_images, num_splits=10, seed=None):
+        if num_splits < 1 or num_images < num_splits:
+            raise ValueError(f'the Inception Score needs at least num_splits ({num_splits}) '
+                             f'images, got {num_images}')
+        self.num_images, self.num_splits = num_images, num_splits
+        self.split_size = num_images // num_splits
+        self.order = None
+        if seed is not None:
+            gen = torch.Generator().manual_seed(seed)
+            self.order = torch.randperm(num_images, generator=gen)
+        self.count = 0
+        self.neg_entropy = self.marginal = None
+
+    def update(self, logits):
+        """logits: (B, C); softmax is taken in float64."""
+        logp = torch.log_softmax(torch.as_tensor(logits).detach().to(torch.float64), dim=1)
+        probs = logp.exp()
+        self._add(probs, (probs * logp).sum(1))
+
+    def update_probs(self, probs):
+        """probs: (B, C) softmax probabilities."""
+        probs = torch.as_tensor(probs).detach().to(torch.float64)
+        self._add(probs, torch.xlogy(probs, probs).sum(1))
+
+    def _add(self, probs, p_log_p):
+        if probs.shape[0] == 0:
+            return
+        if self.marginal is None:
+            self.neg_entropy = probs.new_zeros(self.num_splits)
+            self.marginal = probs.new_zeros(self.num_splits, probs.shape[1])
+        index = torch.arange(self.count, self.count + probs.shape[0])
+        if index[-1] >= self.num_images:
+            raise ValueError(f'more than the announced {self.num_images} predictions')
+        if self.order is not None:
+            index = self.order[index]
+        split = (index // self.split_size).to(probs.device)
+        keep = split < self.num_splits
+        self.neg_entropy.index_add_(0, split[keep], p_log_p[keep])
+        self.marginal.index_add_(0, split[keep], probs[keep])
+        self.count += probs.shape[0]
+
+    def result(self):
+        """(IS mean, IS std) over the splits, as Python floats."""
+        if self.count < self.num_images:
+            raise ValueError(f'only {self.count} of the announced {self.num_images} predictions '
+                             'arrived')
+        p_y = self.marginal / self.split_size
+        kl = self.neg_entropy / self.split_size - torch.xlogy(p_y, p_y).sum(1)
+        scores = torch.exp(kl).cpu().numpy()
+        return float(np.mean(scores)), float(np.std(scores))
+
+
+def calculate_inception_score(pred, num_splits=10):
+    """IS of softmax probabilities pred: (N, C): mean and std over `num_splits` consecutive
+    splits of exp(mean KL(p(y|x) || p(y))). Zero probabilities count 0 log 0 = 0."""
+    scorer = InceptionScore(len(pred), num_splits)
+    scorer.update_probs(pred)
+    return scorer.result()
+
+
+# ---------------------------------------------------------------------------
+# Frechet distance
+# ---------------------------------------------------------------------------
+def _trace_sqrt_product(sigma1, sigma2):
+    # trace(sqrt(S1 S2)) = sum sqrt(eig(L^T S2 L)) with S1 = L L^T: LAPACK's generalised
+    # symmetric eigensolver of type 2 (A B x = lambda x) does exactly that Cholesky reduction.
+    try:
+        eig = scipy.linalg.eigh(sigma2, sigma1, type=2, eigvals_only=True, driver='gv',
+                                check_finite=False)
+    except np.linalg.LinAlgError:
+        # S1 is singular (e.g. fewer samples than dimensions): a pivoted Cholesky gives
+        # S1 = A A^T with A (D, rank) on its numerical range, and S1 S2 = A (A^T S2) has the
+        # nonzero spectrum of A^T S2 A (rank x rank).
+        factor, piv, rank, _ = scipy.linalg.lapack.dpstrf(sigma1, lower=1)
+        if rank == 0:
+            return 0.0
+        a = np.zeros((len(sigma1), rank))
+        a[piv - 1] = np.tril(factor)[:, :rank]
+        eig = scipy.linalg.eigh(a.T @ sigma2 @ a, eigvals_only=True, check_finite=False)
+    # A singular product has zero eigenvalues that come back as +-eps-sized noise, whose square
+    # roots limit the accuracy to ~sqrt(eps) relative there (any float64 method shares this).
+    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+
+
+def _as_float64(value, name):
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().to(torch.float64).numpy()
+    value = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(value).all():
+        raise ValueError(f'{name} has non-finite entries (NaN or inf): the Inception '
+                         'activations behind it are broken (check the generator output)')
+    return value
+
+
+def numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2):
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), exact in float64.
+
+    mu: (D,), sigma: (D, D) numpy arrays (or tensors). Returns a Python float:
+    ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
+    """
+    mu1, mu2 = _as_float64(mu1, 'mu1'), _as_float64(mu2, 'mu2')
+    sigma1, sigma2 = _as_float64(sigma1, 'sigma1'), _as_float64(sigma2, 'sigma2')
+    if mu1.ndim != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f'mean vectors have shapes {mu1.shape} and {mu2.shape}; expected (D,)')
+    if sigma1.shape != (len(mu1), len(mu1)) or sigma2.shape != sigma1.shape:
+        raise ValueError(f'covariances have shapes {sigma1.shape} and {sigma2.shape}; '
+                         f'expected ({len(mu1)}, {len(mu1)})')
+    # LAPACK reads one triangle: symmetrise so both triangles count.
+    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+                 - 2.0 * _trace_sqrt_product(sigma1, sigma2))
+
+
+def torch_calculate_frechet_distance(mu1, sigma1, mu2, sigma2):
+    """Frechet distance for torch tensors (any device) or arrays: mu (D,), sigma (D, D).
+
+    Computed exactly in float64 on the CPU, where the eigensolve takes about a second at
+    D=2048 (many GPUs run float64 slowly); returns a Python float.
+    """
+    return numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2)
+
+
+# ---------------------------------------------------------------------------
+# Streaming evaluation
+# ---------------------------------------------------------------------------
+def _net_device(net):
+    return next(net.parameters()).device
+
+
+def accumulate_inception_statistics(batches, net, num_images, num_splits=10, split_seed=None,
+                                    pbar=None):
+    """Run image batches through `net` until `num_images` images were seen.
+
+    batches: iterable of (B, 3, H, W) images in [-1, 1]; the last batch is cut to fit.
+    Returns (RunningMoments of pool features, InceptionScore). Raises ValueError when the
+    batches run out first.
+    """
+    device = _net_device(net)
+    moments, scorer = RunningMoments(), InceptionScore(num_images, num_splits, seed=split_seed)
+    seen = 0
+    with torch.no_grad():
+        for images in batches:
+            images = images[:num_images - seen]
+            pool, logits = net(images.to(device, torch.float32))
+            moments.update(pool)
+            scorer.update(logits)
+            seen += images.shape[0]
+            if pbar is not None:
+                pbar.update(images.shape[0])
+            if seen >= num_images:
+                break
+    if seen < num_images:
+        raise ValueError(f'only {seen} images were available, expected {num_images}')
+    return moments, scorer
+
+
+def moments_filename(dataset, data_root='data', network='torchvision'):
+    """`<data_root>/<dataset without _hdf5>_inception_moments[_tf].npz` (one file per network)."""
+    _check_network(network)
+    name = dataset.removesuffix('_hdf5') + '_inception_moments'
+    return os.path.join(data_root, name + ('_tf' if network == 'tf' else '') + '.npz')
+
+
+def load_moments(path):
+    """(mu (D,), sigma (D, D)) float64 from a moments npz (keys mu, sigma)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f'{path}: cannot read it as an npz moments file ({err})') from None
+    if not hasattr(data, 'files'):
+        raise ValueError(f'{path}: holds a single array, not an npz with mu and sigma')
+    with data:
+        if 'mu' not in data.files or 'sigma' not in data.files:
+            raise ValueError(f'{path}: a moments file needs the keys mu and sigma, it has '
+                             f'{", ".join(data.files)}')
+        mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f'{path}: mu has shape {mu.shape} and sigma {sigma.shape}; expected '
+                         '(D,) and (D, D)')
+    return mu, sigma
+
+
+def save_moments(path, mu, sigma):
+    """Write mu, sigma to `path` atomically (a half-written file never replaces a good one)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            np.savez(f, mu=mu, sigma=sigma)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
+                              network='torchvision', weights_path=None):
+    """Load the network (and, unless no_fid, the dataset's moments) and return
+    ``get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
+    use_torch=True) -> (IS_mean, IS_std, FID)``.
+
+    `sample()` returns (images (B, 3, H, W) in [-1, 1], labels). With no_fid, FID is NaN (it
+    never counts as a best FID). Raises InceptionMomentsMissing for a missing moments file and
+    InceptionWeightsUnavailable for missing weights, both before any sampling.
+    """
+    data_mu = data_sigma = None
+    if not no_fid:
+        path = moments_filename(dataset, data_root, network)
+        if not os.path.isfile(path):
+            raise InceptionMomentsMissing(
+                f'{path}: no Inception moments for FID; make them with `python '
+                f'calculate_inception_moments.py --dataset {dataset} --data_root {data_root} '
+                f'--inception_network {network}` (or pass --no_fid)')
+        data_mu, data_sigma = load_moments(path)
+        if data_mu.shape != (POOL_DIM,):
+            raise ValueError(f'{path}: holds {len(data_mu)}-d moments, not the {POOL_DIM}-d '
+                             'Inception pool features')
+    net = load_inception_net(parallel, network, weights_path)
+
+    def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
+                              use_torch=True):
+        """(IS_mean, IS_std, FID) of num_inception_images samples drawn from `sample()`."""
+        if prints:
+            print('Gathering activations...')
+        batches = (sample()[0] for _ in itertools.count())
+        moments, scorer = accumulate_inception_statistics(batches, net, num_inception_images,
+                                                          num_splits)
+        IS_mean, IS_std = scorer.result()
+        if no_fid:
+            return IS_mean, IS_std, float('nan')
+        if prints:
+            print('Calculating FID...')
+        distance = (torch_calculate_frechet_distance if use_torch
+                    else numpy_calculate_frechet_distance)
+        FID = distance(moments.mu, moments.sigma, data_mu, data_sigma)
+        return IS_mean, IS_std, FID
+
+    return get_inception_metrics
+
+
+# ---------------------------------------------------------------------------
+# Command line: IS / FID of samples against a reference
+# ---------------------------------------------------------------------------
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
+
+
+def _uint8_to_unit(x):
+    return torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1.0
+
+
+def npz_image_batches(path, batch_size):
+    """(count, iterator of (B, 3, H, W) float batches in [-1, 1]) from an npz with uint8 images
+    under 'x', NHWC (N, H, W, 3) or NCHW (N, 3, H, W) (the original sample.py writes NCHW)."""
+    with np.load(path, allow_pickle=False) as data:
+        if 'x' not in data:
+            raise ValueError(f'{path}: expected samples under the key x, found '
+                             f'{", ".join(data.files)}')
+        x = data['x']
+    if x.dtype != np.uint8 or x.ndim != 4 or 3 not in (x.shape[1], x.shape[3]):
+        raise ValueError(f'{path}: x has dtype {x.dtype} and shape {x.shape}; expected uint8 '
+                         'images (N, H, W, 3) or (N, 3, H, W)')
+    channels_last = x.shape[3] == 3 and x.shape[1] != 3
+
+    def batches():
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size]
+            yield _uint8_to_unit(chunk.transpose(0, 3, 1, 2) if channels_last else chunk)
+    return len(x), batches()
+
+
+def folder_image_batches(path, batch_size):
+    """(count, iterator of float batches in [-1, 1]) from the image files under a folder
+    (recursively, sorted); consecutive images of one size share a batch."""
+    from PIL import Image
+    files = sorted(p for p in Path(path).rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f'{path}: no image files ({", ".join(IMAGE_SUFFIXES)}) found')
+
+    def batches():
+        pending = []
+        for file in files:
+            with Image.open(file) as image:
+                array = np.asarray(image.convert('RGB'))
+            if pending and (len(pending) == batch_size or array.shape != pending[0].shape):
+                yield _uint8_to_unit(np.stack(pending).transpose(0, 3, 1, 2))
+                pending = []
+            pending.append(array)
+        yield _uint8_to_unit(np.stack(pending).transpose(0, 3, 1, 2))
+    return len(files), batches()
+
+
+def image_batches(path, batch_size):
+    """Batches from an npz of samples or from an image folder (see the two readers)."""
+    if os.path.isdir(path):
+        return folder_image_batches(path, batch_size)
+    if os.path.isfile(path):
+        return npz_image_batches(path, batch_size)
+    raise ValueError(f'{path}: no such file or folder')
+
+
+def _cli_parser():
+    parser = argparse.ArgumentParser(
+        description='Inception Score of samples, and FID against a reference (moments npz or '
+                    'image folder).')
+    parser.add_argument('--samples', required=True,
+                        help="npz with uint8 images under 'x' (as sample.py writes), or a folder "
+                             'of images')
+    parser.add_argument('--reference', '--moments', dest='reference', default='',
+                        help='moments npz (mu, sigma) or a folder of reference images; omit for '
+                             'IS only')
+    parser.add_argument('--network', choices=NETWORKS, default='torchvision',
+                        help='tf for numbers comparable with published IS/FID '
+                             '(default: %(default)s)')
+    parser.add_argument('--weights_path', '--inception_weights', dest='weights_path',
+                        default=None, help='Inception weights file (default: torch hub cache, '
+                                           'else download)')
+    parser.add_argument('--batch_size', type=int, default=50, help='(default: %(default)s)')
+    parser.add_argument('--num_splits', type=int, default=10, help='(default: %(default)s)')
+    parser.add_argument('--device', default=None, help='(default: cuda if available)')
+    return parser
+
+
+def _statistics_of(path, net, args, label):
+    from tqdm import tqdm
+    count, batches = image_batches(path, args.batch_size)
+    with tqdm(total=count, desc=label, unit='img') as pbar:
+        return accumulate_inception_statistics(batches, net, count, args.num_splits, pbar=pbar)
+
+
+def main(argv=None):
+    """`python inception_utils.py --samples X --reference Y --network tf`: prints IS and FID."""
+    parser = _cli_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.num_splits < 1:
+        parser.error('--batch_size and --num_splits must be at least 1')
+    for flag, path in (('--samples', args.samples), ('--reference', args.reference)):
+        if path and not os.path.exists(path):
+            parser.error(f'{flag} {path}: no such file or folder')
+    reference_is_file = args.reference and os.path.isfile(args.reference)
+    if reference_is_file and (args.network == 'tf') != ('_tf' in Path(args.reference).stem):
+        warnings.warn(f'{args.reference}: moments files are named per network '
+                      f"('_tf' for tf); check it was computed with --network {args.network}",
+                      stacklevel=1)
+    try:
+        reference = load_moments(args.reference) if reference_is_file else None
+        net = load_inception_net(network=args.network, weights_path=args.weights_path,
+                                 device=args.device)
+        moments, scorer = _statistics_of(args.samples, net, args, 'samples')
+        IS_mean, IS_std = scorer.result()
+        print(f'Inception Score ({args.network}, {scorer.num_images} samples, '
+              f'{args.num_splits} splits): {IS_mean:.4f} +/- {IS_std:.4f}')
+        if args.reference:
+            if reference is None:
+                ref_moments, _ = _statistics_of(args.reference, net, args, 'reference')
+                reference = ref_moments.mu, ref_moments.sigma
+            FID = torch_calculate_frechet_distance(moments.mu, moments.sigma, *reference)
+            print(f'FID ({args.network}): {FID:.4f}')
+    except (InceptionWeightsUnavailable, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
