@@ -31,14 +31,7 @@ def prepare_parser():
 
 def parse_config(argv=None):
     """The prepared config from the shared flags (exit 2 with the reason on bad ones)."""
-    parser = prepare_parser()
-    args = parser.parse_args(argv)
-    # No model is built here, and the model flags' defaults (attention at 64) do not fit the
-    # 32x32 datasets: validate everything else with the shared checks.
-    try:
-        return utils.prepare_config({**vars(args), 'G_attn': '0', 'D_attn': '0'})
-    except utils.ConfigError as err:
-        parser.error(str(err))
+    return utils.parse_config(prepare_parser(), argv, check_model=False)
 
 
 def compute_moments(loader, net, num_splits=10, seed=0, progress=True):

@@ -129,15 +129,15 @@ def make_hdf5(dataset, data_root='data', batch_size=256, num_workers=16, chunk_s
 
 
 def run(config):
-    """make_hdf5 from a parsed config (the original's entry point); returns the path."""
-    config = utils.update_config_roots(dict(config))
+    """make_hdf5 from a prepared config (the original's entry point); returns the path."""
     return make_hdf5(config['dataset'], config['data_root'], config['batch_size'],
                      config['num_workers'], config['chunk_size'], config['compression'],
                      config['overwrite'], config['max_images'])
 
 
 def main(argv=None):
-    config = vars(prepare_parser().parse_args(argv))
+    """Parse the command line and build the HDF5 file."""
+    config = utils.parse_config(prepare_parser(), argv, check_model=False)
     start = time.perf_counter()
     try:
         path = run(config)

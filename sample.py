@@ -39,13 +39,12 @@ def load_generator(config, device):
 
 
 def write_npz(sample, num, path):
-    """Write `num` samples as uint8 NHWC images x and labels y to `path` (the original's format)."""
+    """Write `num` samples as uint8 NCHW images x and labels y to `path` (the original's format)."""
     xs, ys, count = [], [], 0
     with tqdm(total=num, desc='npz', unit='img') as pbar:
         while count < num:
             images, labels = sample()
-            xs.append(np.uint8(255 * (images.float().cpu().numpy() + 1) / 2.0 + 0.5)
-                      .transpose(0, 2, 3, 1))
+            xs.append(np.uint8(255 * (images.float().cpu().numpy() + 1) / 2.0 + 0.5))
             ys.append(labels.cpu().numpy())
             count += len(labels)
             pbar.update(len(labels))
@@ -111,7 +110,7 @@ def _metrics(config, G, z_, y_, sample, state_dict, G_batch_size, log):
         get_inception_metrics = inception_utils.prepare_inception_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'],
-            network=config.get('inception_network', 'torchvision'))
+            network=config['inception_network'])
     except (RuntimeError, FileNotFoundError) as err:
         utils.fail(str(err))
     results = {}

@@ -370,12 +370,14 @@ def _check_flags(config):
     return errors
 
 
-def prepare_config(config):
+def prepare_config(config, check_model=True):
     """Validate the parsed flags and add the derived keys; returns a new dict.
 
     Adds resolution, n_classes, classes_per_sheet, G_activation and
     D_activation; pegs the roots to --base_root; sets skip_init on --resume.
     Raises ConfigError naming every bad flag before anything is built.
+    Tools that build no model (make_hdf5, calculate_inception_moments) pass
+    check_model=False, so the model flags' defaults never block them.
     """
     config = dict(config)
     errors = _check_flags(config)
@@ -394,18 +396,19 @@ def prepare_config(config):
     if config.get('resume'):
         config['skip_init'] = True
     config = update_config_roots(config)
-    errors = load_model_module(config['model']).check_config(config)
-    if errors:
-        raise ConfigError('\n'.join(errors))
+    if check_model:
+        errors = load_model_module(config['model']).check_config(config)
+        if errors:
+            raise ConfigError('\n'.join(errors))
     return config
 
 
-def parse_config(parser, argv=None):
+def parse_config(parser, argv=None, check_model=True):
     """Parse argv with `parser` and prepare the config; bad flags exit with the
     parser's usage line, the reason, and status 2."""
     args = parser.parse_args(argv)
     try:
-        return prepare_config(vars(args))
+        return prepare_config(vars(args), check_model=check_model)
     except ConfigError as err:
         parser.error(str(err))
 
