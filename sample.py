@@ -26,6 +26,8 @@ def load_generator(config, device):
     model = utils.load_model_module(config['model'])
     experiment_name = config['experiment_name'] or utils.name_from_config(config)
     G = model.Generator(**{**config, 'skip_init': True, 'no_optim': True}).to(device)
+    if config['channels_last']:
+        G.to(memory_format=torch.channels_last)
     state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'best_IS': 0, 'best_FID': 999999,
                   'config': config}
     use_ema = config['use_ema']

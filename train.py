@@ -56,6 +56,12 @@ def run(config, log=None):
     G_ema, ema = None, None
     if config['ema']:
         G_ema = model.Generator(**{**config, 'skip_init': True, 'no_optim': True}).to(device)
+    memory_format = torch.channels_last if config['channels_last'] else torch.contiguous_format
+    for net in (G, D, G_ema):
+        if net is not None:
+            net.to(memory_format=memory_format)
+    if G_ema is not None:
+        # After every .to(): the EMA holds references to G's and G_ema's tensors.
         ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start'])
     GD = model.G_D(G, D)
     state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
@@ -158,7 +164,7 @@ def run(config, log=None):
             D.train()
             if G_ema is not None:
                 G_ema.train()
-            x = x.to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True, memory_format=memory_format)
             y = y.to(device, non_blocking=True)
             metrics = train(x, y)
             if metrics:

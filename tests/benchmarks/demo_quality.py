@@ -1,0 +1,94 @@
+"""Score a generator trained on Digits32 with a classifier trained on the real digits.
+
+For each class, draws samples from G (G_ema with --use_ema) and reports:
+- accuracy: the fraction the classifier assigns to the class they were drawn for;
+- spread: mean distance of a class's samples to their class mean, divided by the
+  same for the real digits of that class (about 1 is as varied as real data,
+  well below 1 is a within-class collapse);
+- FID in the classifier's hidden features, samples against the real digits.
+
+    python tests/benchmarks/demo_quality.py [train/sample flags of the run] \\
+        [--load_weights copy0] [--per_class 100]
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import datasets  # noqa: E402
+import inception_utils  # noqa: E402
+import sample  # noqa: E402
+import utils  # noqa: E402
+
+
+def train_classifier(x, y, seed=0, epochs=30):
+    """A 2-layer MLP on flattened (N, 3, 32, 32) digits; returns (model, held-out accuracy)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=g)
+    x, y = x[order], y[order]
+    split = int(0.9 * len(x))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 256), nn.ReLU(), nn.Linear(256, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    torch.manual_seed(seed)
+    for _ in range(epochs):
+        for i in range(0, split, 128):
+            loss = F.cross_entropy(net(x[i:i + 128]), y[i:i + 128])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        acc = (net(x[split:]).argmax(1) == y[split:]).float().mean().item()
+    return net, acc
+
+
+def features(net, x):
+    """The classifier's hidden layer: (N, 256)."""
+    with torch.no_grad():
+        return net[2](net[1](net[0](x))).double()
+
+
+def spread(x):
+    return (x.flatten(1) - x.flatten(1).mean(0)).norm(dim=1).mean().item()
+
+
+def main():
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    parser.add_argument('--per_class', type=int, default=100)
+    config = utils.parse_config(parser)
+    data = datasets.Digits32()
+    x_real = torch.stack([data[i][0] for i in range(len(data))])
+    y_real = torch.tensor([int(data[i][1]) for i in range(len(data))])
+    clf, held_out = train_classifier(x_real, y_real)
+    G, state, name = sample.load_generator(config, 'cpu')
+    if config['G_eval_mode']:
+        G.eval()
+    gen = torch.Generator().manual_seed(123)
+    rows = []
+    fakes = []
+    for c in range(10):
+        z = torch.randn(config['per_class'], G.dim_z, generator=gen)
+        y = torch.full((config['per_class'],), c)
+        with torch.no_grad():
+            xf = G(z, G.shared(y))
+        fakes.append(xf)
+        acc = (clf(xf).argmax(1) == c).float().mean().item()
+        rows.append((c, acc, spread(xf) / spread(x_real[y_real == c])))
+    x_fake = torch.cat(fakes)
+    fr, ff = features(clf, x_real), features(clf, x_fake)
+    fid = inception_utils.numpy_calculate_frechet_distance(
+        ff.mean(0).numpy(), np.cov(ff.numpy(), rowvar=False),
+        fr.mean(0).numpy(), np.cov(fr.numpy(), rowvar=False))
+    print(f"{name} itr {state['itr']}: classifier held-out accuracy {held_out:.3f}")
+    print('class  accuracy  spread')
+    for c, acc, sp in rows:
+        print(f'{c:>5}  {acc:>8.2f}  {sp:>6.2f}')
+    print(f'mean   {np.mean([r[1] for r in rows]):>8.3f}  {np.mean([r[2] for r in rows]):>6.2f}'
+          f'   FID(classifier features) {fid:.1f}')
+
+
+if __name__ == '__main__':
+    main()
