@@ -19,13 +19,9 @@ import utils
 
 
 def prepare_parser():
-    """The shared parser plus --inception_weights (a weights file for the Inception net)."""
+    """The shared parser (its --inception_network and --inception_weights pick the network)."""
     parser = utils.prepare_parser()
     parser.description = 'Calculate and store Inception moments of a dataset for FID.'
-    parser.add_argument('--inception_weights', '--weights_path', dest='inception_weights',
-                        default=None,
-                        help='Inception weights file (default: the torch hub cache, else a '
-                             'download)')
     return parser
 
 

@@ -112,7 +112,8 @@ def _metrics(config, G, z_, y_, sample, state_dict, G_batch_size, log):
         get_inception_metrics = inception_utils.prepare_inception_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'],
-            network=config['inception_network'])
+            network=config['inception_network'],
+            weights_path=config['inception_weights'])
     except (RuntimeError, FileNotFoundError) as err:
         utils.fail(str(err))
     results = {}

@@ -28,7 +28,8 @@ def prepare_inception(config, log):
         import inception_utils
         return inception_utils.prepare_inception_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
-            data_root=config['data_root'], network=config['inception_network'])
+            data_root=config['data_root'], network=config['inception_network'],
+            weights_path=config['inception_weights'])
     except ImportError as err:
         log(f'IS/FID are off: the Inception code is unavailable ({err}).')
     except (RuntimeError, FileNotFoundError) as err:

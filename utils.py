@@ -180,6 +180,9 @@ def prepare_parser():
         help="Inception for IS/FID: torchvision (the original's monitoring numbers) or tf "
              '(the TF 2015-12-05 graph, comparable with published numbers) '
              '(default: %(default)s)')
+    arg('--inception_weights', type=str, default=None,
+        help='Inception weights file; by default the torch hub cache, else a download '
+             '(default: %(default)s)')
     arg('--hashname', action='store_true', default=False,
         help='Name the experiment by a short hash of its config (default: %(default)s)')
     arg('--base_root', type=str, default='',

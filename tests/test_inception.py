@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from fixtures.random_inception import random_inception_state_dict
 
 import calculate_inception_moments
 import datasets
@@ -25,25 +25,6 @@ FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 # ---------------------------------------------------------------------------
 # Random weights, written to files and loaded through weights_path
 # ---------------------------------------------------------------------------
-def _random_state_dict(network, seed):
-    # Kaiming convs and near-identity BN keep activations O(1) through the ~95 layers.
-    torch.manual_seed(seed)
-    net = iu.inception_architecture(network)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.8, 1.2)
-                m.bias.uniform_(-0.1, 0.1)
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.8, 1.2)
-            elif isinstance(m, nn.Linear):
-                m.weight.normal_(0, 0.1)
-                m.bias.normal_(0, 1.0)
-    return net.state_dict()
-
-
 @pytest.fixture(scope='module')
 def weights(tmp_path_factory):
     """{network: path of a random-weights state-dict file}."""
@@ -51,7 +32,7 @@ def weights(tmp_path_factory):
     paths = {}
     for seed, network in enumerate(iu.NETWORKS):
         paths[network] = root / f'{network}.pth'
-        torch.save(_random_state_dict(network, seed), paths[network])
+        torch.save(random_inception_state_dict(network, seed), paths[network])
     return paths
 
 

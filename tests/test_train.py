@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import train
 import utils
@@ -94,6 +95,25 @@ def test_command_line_run_writes_checkpoints_logs_and_sheets(tmp_path):
     state = utils.torch_load(str(tmp_path / 'weights' / 'exp' / 'state_dict.pth'))
     assert state['itr'] == 4 and state['save_num'] == 0
     assert 'IS/FID are off' in proc.stderr + proc.stdout
+    # The log plotter reads this real run's logs.
+    plots = tmp_path / 'plots'
+    proc = subprocess.run([sys.executable, 'logs/plot_logs.py', 'exp', '--logs_root',
+                           str(tmp_path / 'logs'), '--out', str(plots)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(plots)) == ['exp_D_svs.png', 'exp_G_svs.png', 'exp_losses.png']
+    for name in os.listdir(plots):
+        with Image.open(plots / name) as im:
+            assert im.size[0] > 100 and len(set(im.convert('L').getdata())) > 2
+    assert 'exp: no metric log (IS/FID)' in proc.stdout
+
+
+@pytest.mark.parametrize('script', ['train.py', 'sample.py', 'make_hdf5.py',
+                                    'calculate_inception_moments.py'])
+def test_entry_points_print_help(script):
+    proc = subprocess.run([sys.executable, script, '--help'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and '--dataset' in proc.stdout, proc.stderr
 
 
 def test_finishing_saves_once_more_and_sampling_leaves_training_state_alone(tmp_path):

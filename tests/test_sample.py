@@ -1,0 +1,133 @@
+"""sample.py from a tiny trained checkpoint, and the released checkpoints' legacy format."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from fixtures.random_inception import random_inception_state_dict
+from PIL import Image
+
+import BigGAN
+import inception_utils
+import sample
+import train
+import utils
+
+TRAIN = ['--dataset', 'Digits32', '--G_ch', '8', '--D_ch', '8', '--batch_size', '8',
+         '--num_D_steps', '1', '--G_attn', '0', '--D_attn', '0', '--num_workers', '0',
+         '--experiment_name', 'exp', '--ema']
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A 3-iteration run with EMA, random Inception weights and fake Digits32 moments."""
+    root = tmp_path_factory.mktemp('run')
+    config = utils.parse_config(utils.prepare_parser(),
+                                TRAIN + ['--base_root', str(root), '--num_iters', '3'])
+    train.run(config, log=lambda m: None)
+    weights = root / 'tf_inception.pth'
+    torch.save(random_inception_state_dict('tf', 0), weights)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2048, 64))
+    inception_utils.save_moments(
+        inception_utils.moments_filename('Digits32', str(root / 'data'), 'tf'),
+        rng.standard_normal(2048), a @ a.T / 64 + np.eye(2048))
+    return root, weights
+
+
+def _sample_config(root, *argv):
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    return utils.parse_config(parser, TRAIN + ['--base_root', str(root), *argv])
+
+
+def test_every_sampling_output_is_written(trained):
+    root, weights = trained
+    config = _sample_config(
+        root, '--use_ema', '--G_eval_mode', '--sample_npz', '--sample_num_npz', '25',
+        '--sample_sheets', '--sample_interps', '--sample_random', '--sample_sheet_folder_num', '7',
+        '--sample_inception_metrics', '--sample_trunc_curves', '0.5_0.25_1.0',
+        '--num_inception_images', '12', '--inception_network', 'tf',
+        '--inception_weights', str(weights), '--G_batch_size', '6')
+    results = sample.run(config, log=lambda m: None)
+    out = root / 'samples' / 'exp'
+    with np.load(out / 'samples.npz') as f:
+        x, y = f['x'], f['y']
+    assert x.shape == (25, 3, 32, 32) and x.dtype == np.uint8
+    assert y.shape == (25,) and 0 <= y.min() and y.max() < 10
+    for name in ('samples0.jpg', 'interpZY0.jpg', 'interpY0.jpg', 'interpZ0.jpg',
+                 'random_samples.jpg'):
+        with Image.open(out / '7' / name) as im:
+            assert im.size[0] > 32 and im.getextrema() != ((0, 0),) * 3
+    metrics = results['metrics']
+    assert 1.0 <= metrics['IS_mean'] <= 1008 and np.isfinite(metrics['FID'])
+    curve = results['trunc_curve']
+    assert [round(p['truncation'], 3) for p in curve] == [0.5, 0.75, 1.0]
+    assert all(np.isfinite(p['FID']) for p in curve)
+
+
+def test_use_ema_loads_G_ema_and_eval_mode_is_deterministic(trained):
+    root, _ = trained
+    G_ema, _, _ = sample.load_generator(_sample_config(root, '--use_ema'), 'cpu')
+    G, _, _ = sample.load_generator(_sample_config(root), 'cpu')
+    saved = utils.torch_load(str(root / 'weights' / 'exp' / 'G_ema.pth'))
+    assert all(torch.equal(v, saved[k]) for k, v in G_ema.state_dict().items())
+    assert not torch.equal(G.linear.weight, G_ema.linear.weight)
+
+
+def test_truncated_z_stays_inside_the_threshold():
+    z, _ = utils.prepare_z_y(4000, 16, 10, device='cpu', truncation=0.5,
+                             generator=torch.Generator().manual_seed(0))
+    assert z.abs().max() <= 0.5
+    assert z.std().item() == pytest.approx(0.2838, abs=0.01)  # std of N(0,1) cut at +-0.5
+    z.sample_()
+    assert z.abs().max() <= 0.5
+
+
+def test_missing_checkpoint_and_bad_trunc_flags_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        sample.load_generator(_sample_config(tmp_path), 'cpu')
+    assert err.value.code == 2 and 'no checkpoint G.pth' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample.check_sample_flags(_sample_config(tmp_path, '--sample_trunc_curves', '1_0.1'))
+    assert '--sample_trunc_curves' in capsys.readouterr().err
+
+
+def _legacy_folder(root, config):
+    """A folder shaped like the original's released checkpoints, at a tiny width."""
+    torch.manual_seed(1)
+    G, D = BigGAN.Generator(**config), BigGAN.Discriminator(**config)
+    folder = root / 'weights' / 'released'
+    folder.mkdir(parents=True)
+    for name, obj in (('G', G.state_dict()), ('G_ema', G.state_dict()), ('D', D.state_dict()),
+                      ('G_optim', G.optim.state_dict()), ('D_optim', D.optim.state_dict())):
+        torch.save(obj, folder / f'{name}.pth')
+    legacy_config = {k: v for k, v in config.items() if k != 'data_root'}
+    legacy_config.update(dataset_root='data', model='model', BN_sync=False,
+                         experiment_name='Jade_BigGAN_B1_bs256x8_fp32',
+                         G_activation=torch.nn.ReLU(inplace=True),
+                         D_activation=torch.nn.ReLU(inplace=True))
+    torch.save({'itr': 137500, 'epoch': 2, 'save_num': 0, 'save_best_num': 1,
+                'best_IS': 91.509384, 'best_FID': torch.tensor(9.7711),
+                'config': legacy_config}, folder / 'state_dict.pth')
+    return G
+
+
+def test_released_checkpoint_layout_samples_and_resumes(tmp_path):
+    config = utils.parse_config(utils.prepare_parser(), TRAIN + ['--base_root', str(tmp_path)])
+    G = _legacy_folder(tmp_path, config)
+    flags = ['released' if f == 'exp' else f for f in TRAIN]
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    sconfig = utils.parse_config(parser, flags + ['--base_root', str(tmp_path), '--use_ema',
+                                                  '--sample_random', '--G_batch_size', '4'])
+    sample.run(sconfig, log=lambda m: None)
+    assert (tmp_path / 'samples' / 'released' / '137500' / 'random_samples.jpg').is_file()
+    loaded, state, _ = sample.load_generator(sconfig, 'cpu')
+    assert state['itr'] == 137500
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in loaded.state_dict().items())
+    tconfig = utils.parse_config(utils.prepare_parser(), flags + [
+        '--base_root', str(tmp_path), '--resume', '--num_iters', '137501'])
+    final = train.run(tconfig, log=lambda m: None)
+    assert final['itr'] == 137501
+    resumed = utils.torch_load(str(tmp_path / 'weights' / 'released' / 'state_dict.pth'))
+    assert resumed['itr'] == 137501 and resumed['best_IS'] == pytest.approx(91.509384)
+    assert os.path.isfile(tmp_path / 'weights' / 'released' / 'G_copy0.pth')
