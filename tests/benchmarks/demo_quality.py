@@ -25,13 +25,18 @@ import sample  # noqa: E402
 import utils  # noqa: E402
 
 
+def gray(x):
+    """(N, 3, 32, 32) -> (N, 1, 32, 32): the digits are grey; G's slight tints are not the digit."""
+    return x.mean(1, keepdim=True)
+
+
 def train_classifier(x, y, seed=0, epochs=30):
-    """A 2-layer MLP on flattened (N, 3, 32, 32) digits; returns (model, held-out accuracy)."""
+    """A 2-layer MLP on flattened (N, 1, 32, 32) digits; returns (model, held-out accuracy)."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g)
     x, y = x[order], y[order]
     split = int(0.9 * len(x))
-    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 256), nn.ReLU(), nn.Linear(256, 10))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 256), nn.ReLU(), nn.Linear(256, 10))
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     torch.manual_seed(seed)
     for _ in range(epochs):
@@ -62,22 +67,24 @@ def main():
     data = datasets.Digits32()
     x_real = torch.stack([data[i][0] for i in range(len(data))])
     y_real = torch.tensor([int(data[i][1]) for i in range(len(data))])
+    x_real = gray(x_real)
     clf, held_out = train_classifier(x_real, y_real)
     G, state, name = sample.load_generator(config, 'cpu')
     if config['G_eval_mode']:
         G.eval()
     gen = torch.Generator().manual_seed(123)
+    # Mixed-class batches, as in training: in training mode G's BN normalises over the
+    # batch, and a batch of one class would shift every sample.
+    y = torch.arange(10).repeat(config['per_class'])
+    z = torch.randn(len(y), G.dim_z, generator=gen)
+    with torch.no_grad():
+        x_fake = gray(torch.cat([G(zb, G.shared(yb)) for zb, yb in zip(z.split(100),
+                                                                      y.split(100))]))
     rows = []
-    fakes = []
     for c in range(10):
-        z = torch.randn(config['per_class'], G.dim_z, generator=gen)
-        y = torch.full((config['per_class'],), c)
-        with torch.no_grad():
-            xf = G(z, G.shared(y))
-        fakes.append(xf)
+        xf = x_fake[y == c]
         acc = (clf(xf).argmax(1) == c).float().mean().item()
         rows.append((c, acc, spread(xf) / spread(x_real[y_real == c])))
-    x_fake = torch.cat(fakes)
     fr, ff = features(clf, x_real), features(clf, x_fake)
     fid = inception_utils.numpy_calculate_frechet_distance(
         ff.mean(0).numpy(), np.cov(ff.numpy(), rowvar=False),
