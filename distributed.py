@@ -43,6 +43,7 @@ class Context:
 
     @property
     def distributed(self):
+        """More than one process: DDP, sharded data, gathered metrics."""
         return self.world_size > 1
 
     @classmethod
@@ -256,10 +257,12 @@ class DistributedG_D(nn.Module):
         self.D_ddp = DDP(_DPair(D), device_ids=ids, forward_sync_buffers=False)
 
     def no_sync(self, train_G):
+        """DDP.no_sync() of G's wrapper (train_G) or D's: no gradient all-reduce in it."""
         return (self.G_ddp if train_G else self.D_ddp).no_sync()
 
     def forward(self, z, gy, x=None, dy=None, train_G=False, return_G_z=False,
                 split_D=False):
+        """As G_D.forward: z (N, dim_z), gy (N,); x, dy optional real images and classes."""
         if train_G:
             G_z = self.G_ddp(z, gy)
             D = self.D
