@@ -145,7 +145,7 @@ def _train(config, ctx, log):
     else:
         GD = model.G_D(G_train, D_train)
         if config['parallel'] and torch.cuda.device_count() > 1:
-            GD = nn.DataParallel(GD)
+            GD = nn.DataParallel(train_fns.AutocastModule(GD, config['amp']))
 
     if ctx.is_main:
         utils.prepare_root(config)

@@ -167,6 +167,24 @@ def autocast(device_type, amp):
     return torch.autocast(device_type, dtype=AMP_DTYPES[amp])
 
 
+class AutocastModule(torch.nn.Module):
+    """Runs `module` inside autocast(amp) itself, in whatever thread calls it.
+
+    nn.DataParallel calls its replicas from worker threads, which re-enter
+    autocast with the device's default dtype (fp16 on CUDA), not the caller's:
+    wrapped like this, every replica uses --amp's dtype.
+    """
+
+    def __init__(self, module, amp):
+        super().__init__()
+        self.module, self.amp = module, amp
+
+    def forward(self, *args, **kwargs):
+        device_type = next(self.module.parameters()).device.type
+        with autocast(device_type, self.amp):
+            return self.module(*args, **kwargs)
+
+
 def make_grad_scalers(config, device):
     """{'G': GradScaler, 'D': GradScaler}, one per optimizer; enabled only for --amp fp16.
 

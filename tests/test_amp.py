@@ -1,6 +1,7 @@
 """Mixed precision (--amp), the legacy fp16 flags, GradScaler handling and --compile."""
 import functools
 import math
+import threading
 
 import pytest
 import torch
@@ -142,6 +143,21 @@ def test_fp16_gradients_are_unscaled_once_before_the_ortho_reg():
     # the optimizer sees (loss gradient plus ortho term) must not depend on the scale.
     small, big = _grads_at_step(64.0), _grads_at_step(1024.0)
     assert torch.allclose(small, big, rtol=1e-5, atol=1e-6)
+
+
+def test_autocast_module_uses_the_amp_dtype_in_any_thread():
+    # DataParallel runs replicas in worker threads, where autocast's dtype is the default
+    # one (bf16 on CPU, fp16 on CUDA), not the caller's.
+    conv = torch.nn.Conv2d(3, 4, 3)
+    wrapped = train_fns.AutocastModule(conv, 'fp16')
+    out = {}
+    with train_fns.autocast('cpu', 'fp16'):
+        worker = threading.Thread(target=lambda: out.update(
+            plain=conv(torch.randn(1, 3, 8, 8)).dtype,
+            wrapped=wrapped(torch.randn(1, 3, 8, 8)).dtype))
+        worker.start()
+        worker.join()
+    assert out == {'plain': torch.float32, 'wrapped': torch.float16}
 
 
 BASE = ['--dataset', 'Digits32', '--G_ch', '8', '--D_ch', '8', '--batch_size', '4',
