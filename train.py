@@ -3,7 +3,9 @@
 Builds G, D (and an EMA copy of G) from the shared config, trains them with
 the hinge loss and gradient accumulation, and periodically writes sample
 sheets, checkpoints and IS/FID. `--resume` continues a run exactly where its
-latest checkpoint left it.
+latest checkpoint left it. Under torchrun (`torchrun --nproc_per_node N
+train.py ...`) each process trains its slice of every batch with DDP
+(distributed.py); --amp and --compile pick the precision and compilation.
 """
 import functools
 import os
@@ -14,12 +16,10 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import datasets
+import distributed
+import sync_batchnorm
 import train_fns
 import utils
-
-
-def _device():
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 def prepare_inception(config, log):
@@ -37,21 +37,60 @@ def prepare_inception(config, log):
     return None
 
 
+def _quiet(message):
+    pass
+
+
 def run(config, log=None):
-    """Train as configured by `config` (from utils.prepare_config); returns the final state_dict."""
-    log = log or tqdm.write
-    device = _device()
+    """Train as configured by `config` (from utils.prepare_config); returns the final state_dict.
+
+    Under torchrun (WORLD_SIZE > 1 in the environment) this is one process of a
+    data-parallel run (see distributed.py); only rank 0 writes anything.
+    """
+    ctx = distributed.Context.from_env()
+    log = (log or tqdm.write) if ctx.is_main else _quiet
+    # Sizes that do not split over the processes are refused before anything starts.
+    for error in distributed.check_config(config, ctx.world_size):
+        _refuse(error, ctx)
+    distributed.setup(ctx)
+    try:
+        return _train(config, ctx, log)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _refuse(message, ctx):
+    """utils.fail on rank 0; the other ranks exit with the same status, silently."""
+    if ctx.is_main:
+        utils.fail(message)
+    raise SystemExit(2)
+
+
+def _train(config, ctx, log):
+    device = ctx.device
+    config = dict(config)
+    legacy = [f'--{flag}' for flag in utils.LEGACY_FP16_FLAGS if config[flag]]
+    if legacy and config['amp'] == 'fp16':
+        log(f"{', '.join(legacy)}: mapped onto --amp fp16 for both G and D (autocast with fp32 "
+            'master weights and a GradScaler per optimizer, not fp16 weights).')
+    elif legacy:
+        log(f"{', '.join(legacy)}: superseded by --amp {config['amp']}.")
+    if ctx.distributed and config['parallel']:
+        log('--parallel is ignored under torchrun: each process drives one device.')
+        config['parallel'] = False
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     model = utils.load_model_module(config['model'])
     experiment_name = config['experiment_name'] or utils.name_from_config(config)
 
-    # Everything that can refuse the run is checked before anything is written.
-    if not config['resume'] and not config['load_weights'] and utils.checkpoint_exists(
-            config['weights_root'], experiment_name):
-        utils.fail(f"{os.path.join(config['weights_root'], experiment_name)} already holds "
-                   'checkpoints: pass --resume to continue that run, or --experiment_name '
-                   '(or --name_suffix) to start a new one')
+    # Everything that can refuse the run is checked before anything is written. Rank 0
+    # looks first: checkpoint_exists finishes an interrupted checkpoint write.
+    with distributed.main_first(ctx):
+        if not config['resume'] and not config['load_weights'] and utils.checkpoint_exists(
+                config['weights_root'], experiment_name):
+            _refuse(f"{os.path.join(config['weights_root'], experiment_name)} already holds "
+                    'checkpoints: pass --resume to continue that run, or --experiment_name '
+                    '(or --name_suffix) to start a new one', ctx)
     G = model.Generator(**config).to(device)
     D = model.Discriminator(**config).to(device)
     G_ema, ema = None, None
@@ -64,10 +103,13 @@ def run(config, log=None):
     if G_ema is not None:
         # After every .to(): the EMA holds references to G's and G_ema's tensors.
         ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start'])
-    GD = model.G_D(G, D)
+    scalers = train_fns.make_grad_scalers(config, device)
     state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
                   'best_IS': 0.0, 'best_FID': 999999.0, 'best_copies': [], 'rng': None,
                   'config': config}
+    if config['amp'] == 'fp16':
+        # The scales and growth trackers, as plain numbers, for an exact resume.
+        state_dict['grad_scalers'] = None
     try:
         if config['resume']:
             utils.load_weights(G, D, state_dict, config['weights_root'], experiment_name,
@@ -77,35 +119,63 @@ def run(config, log=None):
             utils.load_weights(G, D, {}, config['weights_root'], experiment_name,
                                config['load_weights'], G_ema, load_optim=False)
     except utils.CheckpointError as err:
-        utils.fail(f'--resume/--load_weights: {err}')
-    if config['parallel'] and torch.cuda.device_count() > 1:
-        GD = nn.DataParallel(GD)
+        _refuse(f'--resume/--load_weights: {err}', ctx)
+    if state_dict.get('grad_scalers'):
+        for key, scaler in scalers.items():
+            scaler.load_state_dict(state_dict['grad_scalers'][key])
 
     # One G iteration consumes a real batch for every D micro-batch.
     D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
-    try:
-        loader = datasets.get_data_loaders(**{**config, 'batch_size': D_batch_size,
-                                              'start_itr': state_dict['itr']})[0]
-    except datasets.DataError as err:
-        utils.fail(str(err))
+    # Rank 0 first, so that only it builds an image folder's index cache.
+    with distributed.main_first(ctx):
+        try:
+            loader = datasets.get_data_loaders(**{**config, 'batch_size': D_batch_size,
+                                                  'start_itr': state_dict['itr']})[0]
+        except datasets.DataError as err:
+            _refuse(str(err), ctx)
+    if ctx.distributed:
+        # Each rank reads its slice of every micro-batch of the one global order.
+        loader = distributed.shard_loader(loader, config['batch_size'], ctx)
 
-    utils.prepare_root(config)
-    test_log = utils.MetricsLogger(
-        os.path.join(config['logs_root'], f'{experiment_name}_log.jsonl'),
-        reinitialize=not config['resume'])
-    train_log = utils.MyLogger(os.path.join(config['logs_root'], experiment_name),
-                               reinitialize=not config['resume'], logstyle=config['logstyle'])
-    utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
+    G_train, D_train = G, D
+    if config['compile']:
+        # Parameters, buffers and state-dict keys stay G's and D's own.
+        G_train, D_train = torch.compile(G), torch.compile(D)
+    if ctx.distributed:
+        GD = distributed.DistributedG_D(G_train, D_train, device)
+    else:
+        GD = model.G_D(G_train, D_train)
+        if config['parallel'] and torch.cuda.device_count() > 1:
+            GD = nn.DataParallel(train_fns.AutocastModule(GD, config['amp']))
+
+    if ctx.is_main:
+        utils.prepare_root(config)
+        test_log = utils.MetricsLogger(
+            os.path.join(config['logs_root'], f'{experiment_name}_log.jsonl'),
+            reinitialize=not config['resume'])
+        train_log = utils.MyLogger(os.path.join(config['logs_root'], experiment_name),
+                                   reinitialize=not config['resume'],
+                                   logstyle=config['logstyle'])
+        utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
+    else:
+        test_log = train_log = None
+    where = f'{ctx.world_size} processes ({device.type})' if ctx.distributed else str(device)
     log(f'Experiment {experiment_name}: G has {sum(p.numel() for p in G.parameters()):,} '
-        f'parameters, D {sum(p.numel() for p in D.parameters()):,}; training on {device}.')
+        f'parameters, D {sum(p.numel() for p in D.parameters()):,}; training on {where}.')
 
-    get_inception_metrics = prepare_inception(config, log) if config['test_every'] > 0 else None
+    get_inception_metrics = None
+    if config['test_every'] > 0:
+        get_inception_metrics = (distributed.prepare_inception_metrics(config, ctx, log)
+                                 if ctx.distributed else prepare_inception(config, log))
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
+    # The global z/y: every rank draws the same values and takes its slice.
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
                                z_var=config['z_var'])
     # Sheets and metrics draw from private generators, seeded from --seed, so the
     # training trajectory never depends on how often the run samples or saves.
-    sample_gen = utils.private_generator(config['seed'] + 1, device)
+    # Each rank samples its own share of the metrics' images, so each needs its own stream.
+    sample_seed = config['seed'] + 1 + 1_000_003 * ctx.rank
+    sample_gen = utils.private_generator(sample_seed, device)
     fixed_z, fixed_y = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'],
                                          device=device, z_var=config['z_var'],
                                          generator=utils.private_generator(config['seed'], device))
@@ -115,31 +185,49 @@ def run(config, log=None):
     which_G = train_fns.sampling_G(G, G_ema, config)
     sample = functools.partial(utils.sample, G=which_G, z_=sample_z, y_=sample_y, config=config)
     if config['which_train_fn'] == 'GAN':
-        train = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config)
+        train = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config,
+                                                scalers=scalers, rank=ctx.rank,
+                                                world_size=ctx.world_size)
     else:
         train = train_fns.dummy_training_function()
     if state_dict['rng'] is not None:
         utils.set_rng_state(state_dict['rng'])
+        distributed.sync_cuda_rng(state_dict['rng'], ctx)
+
+    def snapshot_scalers():
+        if 'grad_scalers' in state_dict:
+            state_dict['grad_scalers'] = {k: s.state_dict() for k, s in scalers.items()}
 
     def save():
         if config['G_eval_mode']:
             which_G.eval()
         state_dict['rng'] = utils.get_rng_state()
-        train_fns.save_and_sample(G, D, G_ema, sample_z, sample_y, fixed_z, fixed_y,
-                                  state_dict, config, experiment_name, generator=sample_gen)
+        snapshot_scalers()
+        # Rank 0 samples alone: its batch norms must not wait for the other ranks.
+        with sync_batchnorm.local_stats():
+            train_fns.save_and_sample(G, D, G_ema, sample_z, sample_y, fixed_z, fixed_y,
+                                      state_dict, config, experiment_name,
+                                      generator=sample_gen)
         return state_dict['itr']
 
     def test():
         if config['G_eval_mode']:
             which_G.eval()
-        train_fns.test(G, D, G_ema, sample_z, sample_y, state_dict, config, sample,
-                       get_inception_metrics, experiment_name, test_log, log=log)
+        # Every rank samples with rank 0's running statistics (they differ between
+        # ranks without --cross_replica).
+        distributed.broadcast_buffers(which_G, ctx)
+        state_dict['rng'] = utils.get_rng_state()
+        snapshot_scalers()
+        with sync_batchnorm.local_stats():
+            train_fns.test(G, D, G_ema, sample_z, sample_y, state_dict, config, sample,
+                           get_inception_metrics, experiment_name, test_log, log=log,
+                           write=ctx.is_main)
 
     sampler = loader.sampler
     total = config['num_iters'] or config['num_epochs'] * sampler.batches_per_epoch
     pending, last_flush, last_save = [], time.monotonic(), state_dict['itr']
     pbar = tqdm(total=total, initial=min(state_dict['itr'], total), desc=experiment_name[:40],
-                dynamic_ncols=True)
+                dynamic_ncols=True, disable=not ctx.is_main)
 
     def flush():
         """Write buffered per-iteration metrics (one host sync) and refresh the bar."""
@@ -167,27 +255,31 @@ def run(config, log=None):
                 G_ema.train()
             x = x.to(device, non_blocking=True, memory_format=memory_format)
             y = y.to(device, non_blocking=True)
-            metrics = train(x, y)
-            if metrics:
-                pending.append((itr, metrics))
-            if config['sv_log_interval'] > 0 and itr % config['sv_log_interval'] == 0:
-                train_log.log(itr, **utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D'))
+            # The logged losses are global-batch means on every rank.
+            metrics = distributed.all_mean(train(x, y), ctx)
             done = itr >= total
-            if time.monotonic() - last_flush > 2.0:
-                flush()
+            if ctx.is_main:
+                if metrics:
+                    pending.append((itr, metrics))
+                if config['sv_log_interval'] > 0 and itr % config['sv_log_interval'] == 0:
+                    train_log.log(itr, **utils.get_SVs(G, 'G'), **utils.get_SVs(D, 'D'))
+                if time.monotonic() - last_flush > 2.0:
+                    flush()
             if get_inception_metrics is not None and itr % config['test_every'] == 0:
-                flush()
+                if ctx.is_main:
+                    flush()
                 test()
-            if itr % config['save_every'] == 0 or done:
+            if ctx.is_main and (itr % config['save_every'] == 0 or done):
                 flush()
                 last_save = save()
             if done:
                 break
         state_dict['epoch'] = sampler.epoch_of(state_dict['itr'])
-    if state_dict['itr'] != last_save:
+    if ctx.is_main:
+        if state_dict['itr'] != last_save:
+            flush()
+            save()
         flush()
-        save()
-    flush()
     pbar.close()
     log(f"Finished at iteration {state_dict['itr']}: checkpoints in "
         f"{os.path.join(config['weights_root'], experiment_name)}, samples in "

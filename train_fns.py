@@ -4,6 +4,7 @@ GAN_training_function (one G iteration with its D steps), the hinge losses,
 orthogonal regularisation, EMA, grad toggling, standing statistics, and the
 periodic save / sample / test steps of train.py.
 """
+import contextlib
 import json
 
 import torch
@@ -152,7 +153,51 @@ def dummy_training_function():
     return train
 
 
-def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config):
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def autocast(device_type, amp):
+    """The forward-pass context for --amp: torch.autocast to bf16/fp16, or nothing for none.
+
+    Weights stay fp32 (the optimizers' master copy); SN's power iteration, the
+    BN statistics and the losses are computed in fp32 inside it.
+    """
+    if amp in (None, 'none'):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=AMP_DTYPES[amp])
+
+
+class AutocastModule(torch.nn.Module):
+    """Runs `module` inside autocast(amp) itself, in whatever thread calls it.
+
+    nn.DataParallel calls its replicas from worker threads, which re-enter
+    autocast with the device's default dtype (fp16 on CUDA), not the caller's:
+    wrapped like this, every replica uses --amp's dtype.
+    """
+
+    def __init__(self, module, amp):
+        super().__init__()
+        self.module, self.amp = module, amp
+
+    def forward(self, *args, **kwargs):
+        device_type = next(self.module.parameters()).device.type
+        with autocast(device_type, self.amp):
+            return self.module(*args, **kwargs)
+
+
+def make_grad_scalers(config, device):
+    """{'G': GradScaler, 'D': GradScaler}, one per optimizer; enabled only for --amp fp16.
+
+    A disabled scaler is a pass-through (scale returns the loss, step calls
+    optimizer.step), so one code path serves every precision.
+    """
+    enabled = config.get('amp', 'none') == 'fp16'
+    device_type = torch.device(device).type
+    return {k: torch.amp.GradScaler(device_type, enabled=enabled) for k in ('G', 'D')}
+
+
+def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=None,
+                          rank=0, world_size=1):
     """Return train(x, y) -> {'G_loss', 'D_loss_real', 'D_loss_fake'} (detached 0-d tensors).
 
     x: (num_D_steps * num_D_accumulations * B, 3, H, W), y: (...,) is one G
@@ -161,15 +206,40 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config):
     G accumulates num_G_accumulations batches of z_ and steps once. Logged
     losses are the group means: G's over its accumulations, D's over the last
     D step's.
+
+    With world_size > 1 (GD a distributed.DistributedG_D), x holds this rank's
+    slice of each global micro-batch, and z_, y_ hold the GLOBAL draws (the same
+    on every rank): the D steps use slice `rank` of their first
+    world_size * B rows, the G steps slice `rank` of all of them. Gradients are
+    all-reduced once per optimizer step (no_sync on the other micro-batches).
+    scalers: make_grad_scalers' dict (None: disabled). Each micro-batch loss is
+    scaled, and per optimizer step the grads are unscaled once, before the
+    ortho reg, then scaler.step and scaler.update run once; a step whose
+    gradients are not finite is skipped and the scale backed off.
     """
     num_D_steps, num_D_acc = config['num_D_steps'], config['num_D_accumulations']
     num_G_acc = config['num_G_accumulations']
     toggle = config['toggle_grads']
     blacklist = list(G.shared.parameters())
+    amp = config.get('amp', 'none')
+    if scalers is None:
+        scalers = make_grad_scalers({'amp': 'none'}, z_.device)
+    G_scaler, D_scaler = scalers['G'], scalers['D']
+    can_defer_sync = world_size > 1 and hasattr(GD, 'no_sync')
+
+    def accumulating(train_G, last):
+        # Only the last micro-batch's backward all-reduces the summed gradients.
+        if last or not can_defer_sync:
+            return contextlib.nullcontext()
+        return GD.no_sync(train_G)
 
     def train(x, y):
         micro = x.shape[0] // (num_D_steps * num_D_acc)
         xs, ys = torch.split(x, micro), torch.split(y, micro)
+        device_type = x.device.type
+        lo = rank * micro
+        G_micro = z_.shape[0] // world_size
+        G_lo = rank * G_micro
         if toggle:
             toggle_grad(D, True)
             toggle_grad(G, False)
@@ -177,35 +247,45 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config):
         for _ in range(num_D_steps):
             D.optim.zero_grad(set_to_none=True)
             D_real_sum = D_fake_sum = 0.0
-            for _ in range(num_D_acc):
+            for acc in range(num_D_acc):
                 z_.sample_()
                 y_.sample_()
-                D_fake, D_real = GD(z_[:micro], y_[:micro], xs[counter], ys[counter],
-                                    train_G=False, split_D=config['split_D'])
-                D_loss_real, D_loss_fake = discriminator_loss(D_fake, D_real)
-                ((D_loss_real + D_loss_fake) / num_D_acc).backward()
+                with accumulating(False, acc == num_D_acc - 1):
+                    with autocast(device_type, amp):
+                        D_fake, D_real = GD(z_[lo:lo + micro], y_[lo:lo + micro], xs[counter],
+                                            ys[counter], train_G=False,
+                                            split_D=config['split_D'])
+                        D_loss_real, D_loss_fake = discriminator_loss(D_fake, D_real)
+                    D_scaler.scale((D_loss_real + D_loss_fake) / num_D_acc).backward()
                 D_real_sum = D_real_sum + D_loss_real.detach()
                 D_fake_sum = D_fake_sum + D_loss_fake.detach()
                 counter += 1
+            D_scaler.unscale_(D.optim)
             if config['D_ortho'] > 0.0:
                 ortho(D, config['D_ortho'])
-            D.optim.step()
+            D_scaler.step(D.optim)
+            D_scaler.update()
 
         if toggle:
             toggle_grad(D, False)
             toggle_grad(G, True)
         G.optim.zero_grad(set_to_none=True)
         G_loss_sum = 0.0
-        for _ in range(num_G_acc):
+        for acc in range(num_G_acc):
             z_.sample_()
             y_.sample_()
-            D_fake = GD(z_, y_, train_G=True, split_D=config['split_D'])
-            G_loss = generator_loss(D_fake) / num_G_acc
-            G_loss.backward()
+            with accumulating(True, acc == num_G_acc - 1):
+                with autocast(device_type, amp):
+                    D_fake = GD(z_[G_lo:G_lo + G_micro], y_[G_lo:G_lo + G_micro],
+                                train_G=True, split_D=config['split_D'])
+                    G_loss = generator_loss(D_fake) / num_G_acc
+                G_scaler.scale(G_loss).backward()
             G_loss_sum = G_loss_sum + G_loss.detach()
+        G_scaler.unscale_(G.optim)
         if config['G_ortho'] > 0.0:
             ortho(G, config['G_ortho'], blacklist=blacklist)
-        G.optim.step()
+        G_scaler.step(G.optim)
+        G_scaler.update()
         if ema is not None:
             ema.update(state_dict['itr'])
         out = {'G_loss': G_loss_sum}
@@ -306,9 +386,11 @@ def update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean
 
 
 def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
-         experiment_name, test_log, log=print):
+         experiment_name, test_log, log=print, write=True):
     """Compute IS/FID, keep the best checkpoints, and log to logs/<exp>_log.jsonl.
 
+    write=False (ranks other than 0 of a multi-process run) takes part in the
+    metrics and updates best_IS/best_FID, but writes nothing.
     Returns (IS_mean, IS_std, FID).
     """
     import utils
@@ -318,15 +400,18 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
             accumulate_standing_stats(which_G, z_, y_, config['n_classes'],
                                       config['num_standing_accumulations'])
         IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
-                                                     num_splits=10)
+                                                     num_splits=10, prints=write)
     IS_mean, IS_std, FID = float(IS_mean), float(IS_std), float(FID)
-    log(f"Itr {state_dict['itr']}: Inception Score is {IS_mean:3.3f} +/- {IS_std:3.3f}, "
-        f'FID is {FID:5.4f}')
-    slot = update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean, FID)
-    if slot is not None:
-        log(f"{config['which_best']} is among the {config['num_best_copies']} best so far: "
-            f'saved as best{slot}')
+    if write:
+        log(f"Itr {state_dict['itr']}: Inception Score is {IS_mean:3.3f} +/- {IS_std:3.3f}, "
+            f'FID is {FID:5.4f}')
+        slot = update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean,
+                                  FID)
+        if slot is not None:
+            log(f"{config['which_best']} is among the {config['num_best_copies']} best so far: "
+                f'saved as best{slot}')
     state_dict['best_IS'] = max(float(state_dict['best_IS']), IS_mean)
     state_dict['best_FID'] = min(float(state_dict['best_FID']), FID)
-    test_log.log(itr=int(state_dict['itr']), IS_mean=IS_mean, IS_std=IS_std, FID=FID)
+    if write:
+        test_log.log(itr=int(state_dict['itr']), IS_mean=IS_mean, IS_std=IS_std, FID=FID)
     return IS_mean, IS_std, FID

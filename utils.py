@@ -151,6 +151,12 @@ def prepare_parser():
     arg('--G_mixed_precision', action='store_true', default=False,
         help='fp16 activations, fp32 weights in G (mapped onto --amp fp16) '
              '(default: %(default)s)')
+    arg('--amp', type=str, default='none', choices=('none', 'bf16', 'fp16'),
+        help='Mixed precision: autocast G and D to bf16 or fp16 with fp32 master weights '
+             '(fp16 adds a GradScaler per optimizer); any of the four flags above means '
+             'fp16 unless --amp bf16 is given (default: %(default)s)')
+    arg('--compile', action='store_true', default=False,
+        help='torch.compile G and D for training (default: %(default)s)')
     arg('--channels_last', action='store_true', default=False,
         help='Keep activations and weights in channels-last memory format '
              '(measured faster for conv-heavy CPU training) (default: %(default)s)')
@@ -301,6 +307,10 @@ nclass_dict = {k: v.n_classes for k, v in dset.DATASETS.items()}
 classes_per_sheet_dict = {k: v.classes_per_sheet for k, v in dset.DATASETS.items()}
 
 
+# The original's half-precision flags; each maps onto --amp fp16 (see prepare_config).
+LEGACY_FP16_FLAGS = ('G_fp16', 'D_fp16', 'G_mixed_precision', 'D_mixed_precision')
+
+
 class ConfigError(ValueError):
     """A flag value or combination that cannot work; the message names the flag."""
 
@@ -380,7 +390,8 @@ def prepare_config(config, check_model=True):
     """Validate the parsed flags and add the derived keys; returns a new dict.
 
     Adds resolution, n_classes, classes_per_sheet, G_activation and
-    D_activation; pegs the roots to --base_root; sets skip_init on --resume.
+    D_activation; pegs the roots to --base_root; sets skip_init on --resume;
+    maps the original's fp16 flags onto --amp fp16 when --amp is none.
     Raises ConfigError naming every bad flag before anything is built.
     Tools that build no model (make_hdf5, calculate_inception_moments) pass
     check_model=False, so the model flags' defaults never block them.
@@ -401,6 +412,10 @@ def prepare_config(config, check_model=True):
         config['D_param'] = 'none'
     if config.get('resume'):
         config['skip_init'] = True
+    if config.get('amp', 'none') == 'none' and any(config.get(f) for f in LEGACY_FP16_FLAGS):
+        # The original's fp16 flags ran fp16 weights with a plain Adam, which
+        # collapses; they now mean autocast with fp32 master weights.
+        config['amp'] = 'fp16'
     config = update_config_roots(config)
     if check_model:
         errors = load_model_module(config['model']).check_config(config)

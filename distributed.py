@@ -1,0 +1,392 @@
+"""Multi-process training under torchrun: one process per GPU, on one node or several.
+
+`Context.from_env()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK);
+`setup()` joins the process group (NCCL on GPU, gloo on CPU) and picks the
+device. `check_config()` lists the flags that cannot work at this world size,
+before anything is built or written.
+
+The trajectory does not depend on the number of processes: every rank draws
+the same global z/y (same seed, same RNG stream) and reads the same global data
+order, and works on its own slice of every micro-batch (`shard_loader`). With
+--cross_replica, G's batch statistics are global (sync_batchnorm); D has no
+batch norm; DDP averages the gradients of the local means over equal slices,
+which is the gradient of the global-batch mean. `DistributedG_D` is G_D with
+DDP(G) in G steps and DDP(D) in D steps. Metrics are computed from every
+rank's samples (`prepare_inception_metrics`), gathering Inception features,
+not images, on rank 0. Only rank 0 writes (train.py checks `is_main`).
+"""
+import contextlib
+import dataclasses
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Sampler
+
+
+@dataclasses.dataclass
+class Context:
+    """Where this process sits: rank and world_size (global), local_rank (on its node)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = None
+    initialized: bool = False
+
+    @property
+    def is_main(self):
+        """Rank 0: the one process that writes checkpoints, logs and samples."""
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        """More than one process: DDP, sharded data, gathered metrics."""
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls):
+        """torchrun's RANK / WORLD_SIZE / LOCAL_RANK; a single process outside torchrun."""
+        world_size = int(os.environ.get('WORLD_SIZE', '1'))
+        if world_size <= 1:
+            return cls()
+        rank = int(os.environ.get('RANK', '0'))
+        return cls(rank, world_size, int(os.environ.get('LOCAL_RANK', str(rank))))
+
+
+def check_config(config, world_size):
+    """Messages (naming the flag) for sizes that do not split over world_size processes."""
+    errors = []
+    if world_size > 1:
+        if config['batch_size'] % world_size:
+            errors.append(f"--batch_size {config['batch_size']} does not split evenly over "
+                          f'{world_size} processes: --batch_size is the global micro-batch, '
+                          f'so make it a multiple of {world_size}')
+        G_batch_size = max(config['G_batch_size'], config['batch_size'])
+        if G_batch_size % world_size:
+            errors.append(f"--G_batch_size {config['G_batch_size']} (G's batch {G_batch_size}) "
+                          f'does not split evenly over {world_size} processes; make it a '
+                          f'multiple of {world_size}')
+    elif config['cross_replica'] and config['parallel'] and torch.cuda.device_count() > 1:
+        errors.append('--cross_replica with --parallel: nn.DataParallel replicas cannot share '
+                      'batch statistics; launch one process per GPU with torchrun instead '
+                      '(scripts/launch_BigGAN_bs256x8_torchrun.sh)')
+    return errors
+
+
+def setup(ctx, timeout_minutes=30):
+    """Join the process group from the environment and set ctx.device; returns ctx.
+
+    A single process gets cuda (if available) or cpu and no process group.
+    The generous timeout covers rank 0's checkpoint writes and FID, which the
+    other ranks wait out at their next collective.
+    """
+    if not ctx.distributed:
+        ctx.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        return ctx
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        # One visible GPU per process (as some schedulers arrange) is cuda:0.
+        index = 0 if count == 1 else ctx.local_rank
+        if index >= count:
+            import utils
+            utils.fail(f'LOCAL_RANK {ctx.local_rank}, but this node shows {count} GPUs: start '
+                       'at most one process per GPU (torchrun --nproc_per_node)')
+        torch.cuda.set_device(index)
+        ctx.device = torch.device('cuda', index)
+        dist.init_process_group('nccl', timeout=datetime.timedelta(minutes=timeout_minutes),
+                                device_id=ctx.device)
+    else:
+        ctx.device = torch.device('cpu')
+        dist.init_process_group('gloo', timeout=datetime.timedelta(minutes=timeout_minutes))
+    ctx.initialized = True
+    return ctx
+
+
+def teardown(ctx):
+    """Leave the process group joined by setup()."""
+    if ctx.initialized and dist.is_initialized():
+        dist.destroy_process_group()
+        ctx.initialized = False
+
+
+@contextlib.contextmanager
+def main_first(ctx):
+    """Rank 0 runs the block before the other ranks do (e.g. one that may write a cache)."""
+    if ctx.distributed and not ctx.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        # Also when rank 0 refuses: the others then reach the same refusal themselves.
+        if ctx.distributed and ctx.is_main:
+            dist.barrier()
+
+
+def agree(flag, ctx):
+    """True only when `flag` is true on every rank (an all_reduce MIN)."""
+    if not ctx.distributed:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def broadcast_buffers(module, ctx):
+    """Give every rank rank 0's buffers of `module` (BN statistics, SN vectors)."""
+    if ctx.distributed:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
+def all_mean(values, ctx):
+    """{name: 0-d tensor} averaged over ranks in one all_reduce (no host sync)."""
+    if not ctx.distributed or not values:
+        return values
+    keys = list(values)
+    stacked = torch.stack([values[k].float() for k in keys])
+    dist.all_reduce(stacked)
+    stacked /= ctx.world_size
+    return dict(zip(keys, stacked.unbind()))
+
+
+# ---------------------------------------------------------------------------
+# Data: the rank's slice of every micro-batch
+# ---------------------------------------------------------------------------
+class MicroBatchShard(Sampler):
+    """This rank's share of a single-process sampler's global batches, per micro-batch.
+
+    `sampler` yields global batches of `global_batch` items (one G iteration's
+    data: num_D_steps x num_D_accumulations micro-batches of `micro_batch`).
+    For each, this rank yields, micro-batch by micro-batch, items
+    [k*m + rank*b, k*m + (rank+1)*b) of micro-batch k (m = micro_batch,
+    b = m // world_size). A DataLoader with batch_size global_batch // world_size
+    then gives x whose k-th chunk of b is this rank's slice of micro-batch k,
+    so every D step sees the same real images at any world size. Position
+    (set_epoch, locate, epoch_of, batches_per_epoch) is the wrapped sampler's.
+    """
+
+    def __init__(self, sampler, global_batch, micro_batch, rank, world_size):
+        self.sampler = sampler
+        self.global_batch, self.micro_batch = global_batch, micro_batch
+        self.rank, self.world_size = rank, world_size
+        self.local_micro = micro_batch // world_size
+
+    def __iter__(self):
+        m, b, lo = self.micro_batch, self.local_micro, self.rank * self.local_micro
+        chunk = []
+        for item in self.sampler:
+            chunk.append(item)
+            if len(chunk) == self.global_batch:
+                for k in range(0, self.global_batch, m):
+                    yield from chunk[k + lo:k + lo + b]
+                chunk = []
+
+    def __len__(self):
+        return len(self.sampler) // self.global_batch * self.global_batch // self.world_size
+
+    def __getattr__(self, name):
+        # Position bookkeeping (set_epoch, locate, epoch_of, batches_per_epoch, ...).
+        if name == 'sampler':
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
+
+
+def shard_loader(loader, micro_batch, ctx):
+    """A DataLoader over `loader`'s dataset and sampler (built for world_size 1) that yields
+    this rank's slice of every micro-batch of each global batch (see MicroBatchShard)."""
+    global_batch = loader.batch_size
+    sampler = MicroBatchShard(loader.sampler, global_batch, micro_batch, ctx.rank,
+                              ctx.world_size)
+    return DataLoader(loader.dataset, batch_size=global_batch // ctx.world_size,
+                      sampler=sampler, drop_last=True, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory, persistent_workers=False,
+                      generator=loader.generator)
+
+
+# ---------------------------------------------------------------------------
+# DDP
+# ---------------------------------------------------------------------------
+class _GWithShared(nn.Module):
+    """G(z, G.shared(y)) as one forward, so DDP(G) covers the class embedding too."""
+
+    def __init__(self, G):
+        super().__init__()
+        self.G = G
+
+    def forward(self, z, gy):
+        return self.G(z, self.G.shared(gy))
+
+
+class _DPair(nn.Module):
+    """D on one batch, or on two (split_D) within a single DDP forward."""
+
+    def __init__(self, D):
+        super().__init__()
+        self.D = D
+
+    def forward(self, x, y, x2=None, y2=None):
+        if x2 is None:
+            return self.D(x, y)
+        return self.D(x, y), self.D(x2, y2)
+
+
+class DistributedG_D(nn.Module):
+    """G_D for DDP: same forward as the model's G_D, with one DDP wrapper per network.
+
+    A G step runs DDP(G) and the bare D; a D step runs the bare G (no grad) and
+    DDP(D). So each reducer's backward always covers all of its parameters
+    while toggle_grads freezes the other network, and no find_unused_parameters
+    search is needed. Buffers are synced from rank 0 once, at construction, and not
+    broadcast before every forward: the SN vectors are computed from
+    identical weights on every rank, and with --cross_replica so are the BN
+    statistics (without it each rank keeps its own running statistics, used only
+    in eval mode; rank 0's are the ones saved, and train.py broadcasts them before
+    the metrics). `no_sync(train_G)` defers the
+    gradient all-reduce of that network's accumulation micro-batches.
+    G and D may be torch.compile'd modules.
+    """
+
+    def __init__(self, G, D, device):
+        super().__init__()
+        ids = [device.index] if device.type == 'cuda' else None
+        self.G, self.D = G, D
+        self.G_ddp = DDP(_GWithShared(G), device_ids=ids, forward_sync_buffers=False)
+        self.D_ddp = DDP(_DPair(D), device_ids=ids, forward_sync_buffers=False)
+
+    def no_sync(self, train_G):
+        """DDP.no_sync() of G's wrapper (train_G) or D's: no gradient all-reduce in it."""
+        return (self.G_ddp if train_G else self.D_ddp).no_sync()
+
+    def forward(self, z, gy, x=None, dy=None, train_G=False, return_G_z=False,
+                split_D=False):
+        """As G_D.forward: z (N, dim_z), gy (N,); x, dy optional real images and classes."""
+        if train_G:
+            G_z = self.G_ddp(z, gy)
+            D = self.D
+        else:
+            with torch.no_grad():
+                G_z = self.G(z, self.G.shared(gy))
+            D = self.D_ddp
+        if split_D:
+            if x is not None:
+                return D(G_z, gy, x, dy) if D is self.D_ddp else (D(G_z, gy), D(x, dy))
+            D_fake = D(G_z, gy)
+            return (D_fake, G_z) if return_G_z else D_fake
+        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
+        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
+        D_out = D(D_input, D_class)
+        if x is not None:
+            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
+        return (D_out, G_z) if return_G_z else D_out
+
+
+def sync_cuda_rng(state, ctx):
+    """After utils.set_rng_state(state): give this rank's GPU the stream rank 0 saved.
+
+    Rank 0 (and a single process) trains on cuda:0, so entry 0 of the saved CUDA
+    states is the training stream; every rank continues it on its own device.
+    """
+    if ctx.distributed and ctx.device.type == 'cuda' and state.get('cuda'):
+        torch.cuda.set_rng_state(state['cuda'][0], device=ctx.device)
+
+
+# ---------------------------------------------------------------------------
+# Metrics from every rank's samples
+# ---------------------------------------------------------------------------
+def gather_inception_statistics(sample, net, num_images, num_splits, ctx, pool_dim):
+    """Run every rank's `sample()` batches through `net`; gather the features on rank 0.
+
+    sample() -> (images (B, 3, H, W), labels) with the same B on every rank;
+    net(images) -> (pool (B, pool_dim), logits (B, classes)). Per round, rank 0
+    receives every rank's concatenated [pool, logits] rows (one gather of
+    B x (pool_dim + classes) floats per rank, never images) and feeds them, in
+    rank order, to a RunningMoments and an InceptionScore; the last round is cut
+    to num_images. Returns (moments, scorer) on rank 0 and (None, None) elsewhere.
+    """
+    import inception_utils as iu
+    moments = scorer = None
+    if ctx.is_main:
+        moments, scorer = iu.RunningMoments(), iu.InceptionScore(num_images, num_splits)
+    seen = 0
+    with torch.no_grad():
+        while seen < num_images:
+            pool, logits = net(sample()[0].to(ctx.device, torch.float32))
+            feats = torch.cat([pool, logits], 1).float().contiguous()
+            parts = None
+            if ctx.is_main:
+                parts = [torch.empty_like(feats) for _ in range(ctx.world_size)]
+            dist.gather(feats, parts, dst=0)
+            for r in range(ctx.world_size):
+                take = min(feats.shape[0], num_images - seen)
+                if ctx.is_main and take > 0:
+                    moments.update(parts[r][:take, :pool_dim])
+                    scorer.update(parts[r][:take, pool_dim:])
+                seen += take
+    return moments, scorer
+
+
+def prepare_inception_metrics(config, ctx, log):
+    """get_inception_metrics (inception_utils' signature) for a multi-process run, or None.
+
+    Every rank loads the Inception network and runs its own samples through it
+    (gather_inception_statistics); rank 0 computes IS and FID, and the three
+    numbers are broadcast, so every rank returns the same values. Whether
+    metrics are on is agreed by all ranks: a rank that cannot load Inception
+    turns them off everywhere. Only rank 0 needs the dataset's moments file.
+    """
+    import inception_utils as iu
+    data_mu = data_sigma = net = None
+    # First the moments file (every rank checks, only rank 0 reads it), so that a
+    # missing file turns metrics off before any rank looks for Inception weights.
+    path = iu.moments_filename(config['dataset'], config['data_root'],
+                               config['inception_network'])
+    reason = None
+    if not config['no_fid'] and not os.path.isfile(path):
+        reason = (f'{path}: no Inception moments for FID; make them with `python '
+                  f"calculate_inception_moments.py --dataset {config['dataset']} "
+                  f"--data_root {config['data_root']} --inception_network "
+                  f"{config['inception_network']}` (or pass --no_fid)")
+    try:
+        if reason is None and ctx.is_main and not config['no_fid']:
+            data_mu, data_sigma = iu.load_moments(path)
+            if data_mu.shape != (iu.POOL_DIM,):
+                reason = (f'{path}: holds {len(data_mu)}-d moments, not the {iu.POOL_DIM}-d '
+                          'Inception pool features')
+    except (OSError, ValueError) as err:
+        reason = str(err)
+    if agree(reason is None, ctx):
+        try:
+            net = iu.load_inception_net(False, config['inception_network'], device=ctx.device)
+        except (RuntimeError, OSError, ValueError) as err:
+            reason = str(err)
+    if not agree(reason is None, ctx):
+        log(f'IS/FID are off: {reason or "Inception could not be loaded on another process"}')
+        return None
+
+    def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
+                              use_torch=True):
+        """(IS_mean, IS_std, FID) of num_inception_images samples from all ranks' `sample()`."""
+        if prints:
+            log('Gathering activations...')
+        moments, scorer = gather_inception_statistics(sample, net, num_inception_images,
+                                                      num_splits, ctx, iu.POOL_DIM)
+        result = torch.full((3,), float('nan'), dtype=torch.float64, device=ctx.device)
+        if ctx.is_main:
+            IS_mean, IS_std = scorer.result()
+            FID = float('nan')
+            if not config['no_fid']:
+                if prints:
+                    log('Calculating FID...')
+                distance = (iu.torch_calculate_frechet_distance if use_torch
+                            else iu.numpy_calculate_frechet_distance)
+                FID = distance(moments.mu, moments.sigma, data_mu, data_sigma)
+            result = torch.tensor([IS_mean, IS_std, FID], dtype=torch.float64,
+                                  device=ctx.device)
+        dist.broadcast(result, src=0)
+        IS_mean, IS_std, FID = result.tolist()
+        return IS_mean, IS_std, FID
+
+    return get_inception_metrics
