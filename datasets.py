@@ -10,7 +10,7 @@ Every item is `(x, y)`: x float32 (3, H, W) in [-1, 1], y int64 (a 0-d tensor).
 The samplers make the data order a pure function of (seed, epoch, position):
 every permutation comes from a `torch.Generator` seeded from (seed, epoch),
 so training resumes bit-exactly mid-epoch, and under DDP every rank takes its
-contiguous slice of the same global batch. Bad input raises `DataError`,
+slice of every micro-batch of the same global batch. Bad input raises `DataError`,
 whose message names the path or flag; scripts turn it into `utils.fail`.
 """
 import contextlib
@@ -668,23 +668,36 @@ def _items(order, seeds, lo, hi):
     return list(zip(order[lo:hi].tolist(), seeds[lo:hi].tolist()))
 
 
-def _check_shard(batch_size, rank, world_size):
+def _check_shard(batch_size, rank, world_size, micro_batch):
     if batch_size < 1:
         raise ValueError(f'batch_size {batch_size}: must be at least 1')
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f'rank {rank} / world_size {world_size}: need 0 <= rank < world_size')
-    if batch_size % world_size:
-        raise DataError(f'global batch {batch_size} does not split over {world_size} ranks; '
-                        'make --batch_size x num_D_steps x num_D_accumulations a multiple '
-                        'of the number of processes')
+    if micro_batch < 1 or batch_size % micro_batch:
+        raise ValueError(f'micro_batch {micro_batch}: must divide the global batch {batch_size}')
+    if micro_batch % world_size:
+        raise DataError(f'--batch_size {micro_batch} does not split over {world_size} '
+                        'processes: it is the global micro-batch, so make it a multiple of '
+                        'the number of processes')
+
+
+def _rank_slices(base, batch_size, micro_batch, rank, world_size):
+    """Stream offsets where this rank's part of each micro-batch of a global batch starts.
+
+    Every micro-batch (one D or G forward) is split over the ranks, so each
+    optimizer step sees the same real images whatever the world size.
+    """
+    local = micro_batch // world_size
+    return [base + k + rank * local for k in range(0, batch_size, micro_batch)]
 
 
 class EpochSampler(Sampler):
     """One epoch per pass, in global batches of `batch_size`, resumable mid-epoch.
 
-    Yields this rank's indices: for global batch j, order[j*B + rank*b : j*B + (rank+1)*b]
-    with B = batch_size (global) and b = B // world_size, so a DataLoader with
-    batch_size=b (drop_last) gets one slice per global batch. The order of
+    Yields this rank's indices of each global batch j (B = batch_size items):
+    of every micro-batch of m = micro_batch items (default B) in it, the items
+    [rank*m/W, (rank+1)*m/W), so a DataLoader with batch_size B // W (drop_last)
+    gets, per global batch, its slice of every micro-batch in order. The order of
     epoch e is randperm(n) from a generator seeded from (seed, e) (arange(n)
     without shuffle). With drop_last, the tail (n % B items) is left out.
 
@@ -697,8 +710,9 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, data_source, batch_size, shuffle=True, seed=0, rank=0, world_size=1,
-                 drop_last=True, start_itr=0, *, seed_items=False):
-        _check_shard(batch_size, rank, world_size)
+                 drop_last=True, start_itr=0, *, seed_items=False, micro_batch=None):
+        self.micro_batch = micro_batch or batch_size
+        _check_shard(batch_size, rank, world_size, self.micro_batch)
         if not drop_last and world_size > 1:
             raise ValueError('drop_last=False needs world_size 1: a partial global batch '
                              'cannot be split evenly over ranks')
@@ -735,9 +749,10 @@ class EpochSampler(Sampler):
         epoch, start = self.epoch, self.start_batch
         n, B, b = self.num_samples, self.batch_size, self.local_batch_size
         order, seeds = _epoch_order(n, self.seed, epoch, self.shuffle, self.seed_items)
+        m, b = self.micro_batch, self.micro_batch // self.world_size
         for j in range(start, self.batches_per_epoch):
-            lo = j * B + self.rank * b
-            yield from _items(order, seeds, lo, min(lo + b, n))
+            for lo in _rank_slices(j * B, B, m, self.rank, self.world_size):
+                yield from _items(order, seeds, lo, min(lo + b, n))
         if (self.epoch, self.start_batch) == (epoch, start):
             self.epoch, self.start_batch = epoch + 1, 0
 
@@ -753,8 +768,8 @@ class MultiEpochSampler(Sampler):
 
     The stream is epoch 0's order, then epoch 1's, ... (each a randperm from a
     generator seeded from (seed, epoch)); global batch k is stream positions
-    [k*B, (k+1)*B), which may span two epochs, and this rank yields its slice
-    [k*B + rank*b, k*B + (rank+1)*b). Only the floor(n * num_epochs / B) full
+    [k*B, (k+1)*B), which may span two epochs, and this rank yields its slice of
+    every micro-batch in it (as EpochSampler). Only the floor(n * num_epochs / B) full
     global batches are yielded (the original yielded a partial last batch and
     its len() went negative past the end). Orders are drawn one epoch at a
     time, not all up front. Global iteration itr is in epoch itr * B // n
@@ -767,8 +782,9 @@ class MultiEpochSampler(Sampler):
     """
 
     def __init__(self, data_source, num_epochs, start_itr=0, batch_size=128, seed=0, rank=0,
-                 world_size=1, *, seed_items=False):
-        _check_shard(batch_size, rank, world_size)
+                 world_size=1, *, seed_items=False, micro_batch=None):
+        self.micro_batch = micro_batch or batch_size
+        _check_shard(batch_size, rank, world_size, self.micro_batch)
         self.data_source = data_source
         self.num_samples = len(data_source)
         if not isinstance(self.num_samples, int) or self.num_samples <= 0:
@@ -808,19 +824,20 @@ class MultiEpochSampler(Sampler):
 
     def __iter__(self):
         start, end = self.start_itr, self.total_batches
-        n, B, b = self.num_samples, self.batch_size, self.local_batch_size
+        n, B, m = self.num_samples, self.batch_size, self.micro_batch
+        b = m // self.world_size
         epoch, order, seeds = None, None, None
         for k in range(start, end):
-            pos = k * B + self.rank * b
-            stop = pos + b
-            while pos < stop:
-                e, offset = divmod(pos, n)
-                if e != epoch:
-                    epoch = e
-                    order, seeds = _epoch_order(n, self.seed, e, True, self.seed_items)
-                take = min(stop - pos, n - offset)
-                yield from _items(order, seeds, offset, offset + take)
-                pos += take
+            for pos in _rank_slices(k * B, B, m, self.rank, self.world_size):
+                stop = pos + b
+                while pos < stop:  # a slice may straddle two epochs
+                    e, offset = divmod(pos, n)
+                    if e != epoch:
+                        epoch = e
+                        order, seeds = _epoch_order(n, self.seed, e, True, self.seed_items)
+                    take = min(stop - pos, n - offset)
+                    yield from _items(order, seeds, offset, offset + take)
+                    pos += take
         if self.start_itr == start:
             self.start_itr = max(start, end)
 
@@ -834,36 +851,39 @@ class MultiEpochSampler(Sampler):
 def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_workers=8,
                      shuffle=True, load_in_mem=False, hdf5=False, pin_memory=True, drop_last=True,
                      start_itr=0, num_epochs=500, use_multiepoch_sampler=False, seed=0,
-                     rank=0, world_size=1, **kwargs):
+                     rank=0, world_size=1, micro_batch=None, **kwargs):
     """-> [loader]: one DataLoader over the registered `dataset` (kwargs: the rest of config).
 
-    batch_size is the GLOBAL batch (one G iteration's data); each rank's loader
-    yields x (batch_size // world_size, 3, H, W), y (batch_size // world_size,)
-    int64: its contiguous slice of the global batch. `loader.sampler` is an
+    batch_size is the GLOBAL batch (one G iteration's data), made of micro-batches
+    of micro_batch items (default: one micro-batch); each rank's loader yields
+    x (batch_size // world_size, 3, H, W), y (batch_size // world_size,) int64:
+    its slice of every micro-batch, in order. `loader.sampler` is an
     EpochSampler (one epoch per pass) or, with use_multiepoch_sampler, a
     MultiEpochSampler (all epochs in one pass); both start at global iteration
-    start_itr and have batches_per_epoch, set_epoch(epoch, start_batch) (which also
-    takes a global iteration as its second argument), locate(itr) and epoch_of(itr).
-    Iterating never touches the global RNGs; with augment, each item's random
-    transform is seeded from (seed, epoch, position), so resumes are exact.
-    `hdf5` is accepted for compatibility; the dataset name decides.
+    start_itr and have batches_per_epoch, set_epoch(epoch, start_batch),
+    locate(itr) and epoch_of(itr). Iterating never touches the global RNGs;
+    with augment, each item's random transform is seeded from (seed, epoch,
+    position), so resumes are exact. `hdf5` is accepted for compatibility; the
+    dataset name decides.
     """
     train_set = get_dataset(dataset, data_root, augment, load_in_mem)
     seed_items = augment and get_spec(dataset).kind != 'hdf5'
     if world_size > 1 and not drop_last:
         raise DataError('drop_last=False cannot be split over several processes')
-    _check_shard(batch_size, rank, world_size)
+    micro_batch = micro_batch or batch_size
+    _check_shard(batch_size, rank, world_size, micro_batch)
     if len(train_set) < batch_size:
         raise DataError(f'--dataset {dataset}: {len(train_set)} images, fewer than one global '
                         f'batch of {batch_size} (batch_size x num_D_steps x '
                         'num_D_accumulations); lower --batch_size')
     if use_multiepoch_sampler:
         sampler = MultiEpochSampler(train_set, num_epochs, start_itr, batch_size, seed, rank,
-                                    world_size, seed_items=seed_items)
+                                    world_size, seed_items=seed_items, micro_batch=micro_batch)
         drop_last = True
     else:
         sampler = EpochSampler(train_set, batch_size, shuffle, seed, rank, world_size,
-                               drop_last, start_itr, seed_items=seed_items)
+                               drop_last, start_itr, seed_items=seed_items,
+                               micro_batch=micro_batch)
     # A loader's iterator draws its worker base seed from `generator`, or else from
     # the global RNG, which would shift the training loop's z draws on resume.
     pin_memory = pin_memory and torch.accelerator.is_available()  # else torch warns each pass

@@ -7,7 +7,7 @@ before anything is built or written.
 
 The trajectory does not depend on the number of processes: every rank draws
 the same global z/y (same seed, same RNG stream) and reads the same global data
-order, and works on its own slice of every micro-batch (`shard_loader`). With
+order, and works on its own slice of every micro-batch (datasets' samplers). With
 --cross_replica, G's batch statistics are global (sync_batchnorm); D has no
 batch norm; DDP averages the gradients of the local means over equal slices,
 which is the gradient of the global-batch mean. `DistributedG_D` is G_D with
@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Sampler
 
 
 @dataclasses.dataclass
@@ -150,60 +149,6 @@ def all_mean(values, ctx):
     dist.all_reduce(stacked)
     stacked /= ctx.world_size
     return dict(zip(keys, stacked.unbind()))
-
-
-# ---------------------------------------------------------------------------
-# Data: the rank's slice of every micro-batch
-# ---------------------------------------------------------------------------
-class MicroBatchShard(Sampler):
-    """This rank's share of a single-process sampler's global batches, per micro-batch.
-
-    `sampler` yields global batches of `global_batch` items (one G iteration's
-    data: num_D_steps x num_D_accumulations micro-batches of `micro_batch`).
-    For each, this rank yields, micro-batch by micro-batch, items
-    [k*m + rank*b, k*m + (rank+1)*b) of micro-batch k (m = micro_batch,
-    b = m // world_size). A DataLoader with batch_size global_batch // world_size
-    then gives x whose k-th chunk of b is this rank's slice of micro-batch k,
-    so every D step sees the same real images at any world size. Position
-    (set_epoch, locate, epoch_of, batches_per_epoch) is the wrapped sampler's.
-    """
-
-    def __init__(self, sampler, global_batch, micro_batch, rank, world_size):
-        self.sampler = sampler
-        self.global_batch, self.micro_batch = global_batch, micro_batch
-        self.rank, self.world_size = rank, world_size
-        self.local_micro = micro_batch // world_size
-
-    def __iter__(self):
-        m, b, lo = self.micro_batch, self.local_micro, self.rank * self.local_micro
-        chunk = []
-        for item in self.sampler:
-            chunk.append(item)
-            if len(chunk) == self.global_batch:
-                for k in range(0, self.global_batch, m):
-                    yield from chunk[k + lo:k + lo + b]
-                chunk = []
-
-    def __len__(self):
-        return len(self.sampler) // self.global_batch * self.global_batch // self.world_size
-
-    def __getattr__(self, name):
-        # Position bookkeeping (set_epoch, locate, epoch_of, batches_per_epoch, ...).
-        if name == 'sampler':
-            raise AttributeError(name)
-        return getattr(self.sampler, name)
-
-
-def shard_loader(loader, micro_batch, ctx):
-    """A DataLoader over `loader`'s dataset and sampler (built for world_size 1) that yields
-    this rank's slice of every micro-batch of each global batch (see MicroBatchShard)."""
-    global_batch = loader.batch_size
-    sampler = MicroBatchShard(loader.sampler, global_batch, micro_batch, ctx.rank,
-                              ctx.world_size)
-    return DataLoader(loader.dataset, batch_size=global_batch // ctx.world_size,
-                      sampler=sampler, drop_last=True, num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory, persistent_workers=False,
-                      generator=loader.generator)
 
 
 # ---------------------------------------------------------------------------
@@ -339,27 +284,20 @@ def prepare_inception_metrics(config, ctx, log):
     """
     import inception_utils as iu
     data_mu = data_sigma = net = None
-    # First the moments file (every rank checks, only rank 0 reads it), so that a
-    # missing file turns metrics off before any rank looks for Inception weights.
-    path = iu.moments_filename(config['dataset'], config['data_root'],
-                               config['inception_network'])
+    # First the moments (only rank 0 reads them), so that a missing file turns
+    # metrics off before any rank looks for Inception weights.
     reason = None
-    if not config['no_fid'] and not os.path.isfile(path):
-        reason = (f'{path}: no Inception moments for FID; make them with `python '
-                  f"calculate_inception_moments.py --dataset {config['dataset']} "
-                  f"--data_root {config['data_root']} --inception_network "
-                  f"{config['inception_network']}` (or pass --no_fid)")
-    try:
-        if reason is None and ctx.is_main and not config['no_fid']:
-            data_mu, data_sigma = iu.load_moments(path)
-            if data_mu.shape != (iu.POOL_DIM,):
-                reason = (f'{path}: holds {len(data_mu)}-d moments, not the {iu.POOL_DIM}-d '
-                          'Inception pool features')
-    except (OSError, ValueError) as err:
-        reason = str(err)
+    if ctx.is_main and not config['no_fid']:
+        try:
+            data_mu, data_sigma = iu.load_dataset_moments(config['dataset'], config['data_root'],
+                                                          config['inception_network'])
+        except (OSError, ValueError) as err:
+            reason = str(err)
     if agree(reason is None, ctx):
         try:
-            net = iu.load_inception_net(False, config['inception_network'], device=ctx.device)
+            net = iu.load_inception_net(False, config['inception_network'],
+                                        weights_path=config['inception_weights'],
+                                        device=ctx.device)
         except (RuntimeError, OSError, ValueError) as err:
             reason = str(err)
     if not agree(reason is None, ctx):

@@ -689,6 +689,25 @@ def save_moments(path, mu, sigma):
             os.remove(tmp)
 
 
+def load_dataset_moments(dataset, data_root='data', network='torchvision'):
+    """(mu (2048,), sigma (2048, 2048)) of `dataset`'s real images, for FID.
+
+    Raises InceptionMomentsMissing naming the file and the command that makes
+    it, or ValueError for a file that does not hold 2048-d pool moments.
+    """
+    path = moments_filename(dataset, data_root, network)
+    if not os.path.isfile(path):
+        raise InceptionMomentsMissing(
+            f'{path}: no Inception moments for FID; make them with `python '
+            f'calculate_inception_moments.py --dataset {dataset} --data_root {data_root} '
+            f'--inception_network {network}` (or pass --no_fid)')
+    data_mu, data_sigma = load_moments(path)
+    if data_mu.shape != (POOL_DIM,):
+        raise ValueError(f'{path}: holds {len(data_mu)}-d moments, not the {POOL_DIM}-d '
+                         'Inception pool features')
+    return data_mu, data_sigma
+
+
 def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
                               network='torchvision', weights_path=None):
     """Load the network (and, unless no_fid, the dataset's moments) and return
@@ -701,16 +720,7 @@ def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
     """
     data_mu = data_sigma = None
     if not no_fid:
-        path = moments_filename(dataset, data_root, network)
-        if not os.path.isfile(path):
-            raise InceptionMomentsMissing(
-                f'{path}: no Inception moments for FID; make them with `python '
-                f'calculate_inception_moments.py --dataset {dataset} --data_root {data_root} '
-                f'--inception_network {network}` (or pass --no_fid)')
-        data_mu, data_sigma = load_moments(path)
-        if data_mu.shape != (POOL_DIM,):
-            raise ValueError(f'{path}: holds {len(data_mu)}-d moments, not the {POOL_DIM}-d '
-                             'Inception pool features')
+        data_mu, data_sigma = load_dataset_moments(dataset, data_root, network)
     net = load_inception_net(parallel, network, weights_path)
 
     def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,

@@ -129,13 +129,13 @@ def _train(config, ctx, log):
     # Rank 0 first, so that only it builds an image folder's index cache.
     with distributed.main_first(ctx):
         try:
-            loader = datasets.get_data_loaders(**{**config, 'batch_size': D_batch_size,
-                                                  'start_itr': state_dict['itr']})[0]
+            # Each rank reads its slice of every micro-batch of the one global order.
+            loader = datasets.get_data_loaders(**{
+                **config, 'batch_size': D_batch_size, 'micro_batch': config['batch_size'],
+                'rank': ctx.rank, 'world_size': ctx.world_size,
+                'start_itr': state_dict['itr']})[0]
         except datasets.DataError as err:
             _refuse(str(err), ctx)
-    if ctx.distributed:
-        # Each rank reads its slice of every micro-batch of the one global order.
-        loader = distributed.shard_loader(loader, config['batch_size'], ctx)
 
     G_train, D_train = G, D
     if config['compile']:

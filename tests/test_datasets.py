@@ -438,9 +438,9 @@ def test_multiepoch_sampler_ranks_slice_the_global_batch(world_size):
 
 
 def test_batch_must_split_over_ranks():
-    with pytest.raises(dset.DataError, match='does not split over 3 ranks'):
+    with pytest.raises(dset.DataError, match='does not split over 3 processes'):
         dset.MultiEpochSampler(_Sized(10), 1, batch_size=4, world_size=3)
-    with pytest.raises(dset.DataError, match='does not split over 3 ranks'):
+    with pytest.raises(dset.DataError, match='does not split over 3 processes'):
         dset.get_data_loaders('Digits32', batch_size=64, world_size=3, num_workers=0)
 
 
@@ -568,3 +568,28 @@ def test_train_loop_pattern_resumes_exactly(multi):
         first = _loop(loader(0), state, num_epochs, total, stop_at=k)
         rest = _loop(loader(k), dict(state), num_epochs, total)
         assert first + rest == full, k
+
+
+@pytest.mark.parametrize('multi', [False, True])
+def test_each_rank_gets_its_slice_of_every_micro_batch(multi):
+    data = list(range(50))
+    micro, steps, world = 4, 3, 2
+
+    def sampler(rank=0, world_size=1):
+        kw = dict(seed=1, rank=rank, world_size=world_size, micro_batch=micro)
+        if multi:
+            return dset.MultiEpochSampler(data, 3, 0, micro * steps, **kw)
+        return dset.EpochSampler(data, micro * steps, **kw)
+    single = list(sampler())
+    ranks = [list(sampler(r, world)) for r in range(world)]
+    b = micro // world
+    assert len(single) == sum(len(r) for r in ranks)
+    for k in range(len(single) // micro):
+        # Global micro-batch k is the concatenation of every rank's k-th slice.
+        assert sum((r[k * b:(k + 1) * b] for r in ranks), []) == single[k * micro:(k + 1) * micro]
+    shard = sampler(1, world)
+    assert shard.batches_per_epoch == sampler().batches_per_epoch
+    shard.set_epoch(*shard.locate(2))
+    assert list(shard) == ranks[1][2 * steps * b:]
+    with pytest.raises(dset.DataError, match='--batch_size 5 does not split over 2'):
+        dset.EpochSampler(data, 10, rank=0, world_size=2, micro_batch=5)

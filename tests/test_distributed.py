@@ -16,7 +16,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-import datasets
 import distributed
 import inception_utils
 import layers
@@ -125,7 +124,7 @@ def _gloo_worker(rank, world_size, port, run_port, out_dir, data_root):
         inception_utils.POOL_DIM = 16
         inception_utils.load_inception_net = lambda *args, **kwargs: _FakeInception()
         config = {'dataset': 'Digits32', 'data_root': data_root, 'no_fid': False,
-                  'inception_network': 'torchvision'}
+                  'inception_network': 'torchvision', 'inception_weights': None}
         get_metrics = distributed.prepare_inception_metrics(config, ctx, log=lambda m: None)
         gen.manual_seed(200 + rank)
         results['metric_batches_start'] = len(batches)
@@ -255,29 +254,6 @@ def test_all_mean_and_agree(gloo_results):
 # ---------------------------------------------------------------------------
 # Sharding of the data and refusals (single process)
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize('multiepoch', [False, True])
-def test_each_rank_gets_its_slice_of_every_micro_batch(multiepoch):
-    data = list(range(50))
-    micro, steps, world = 4, 3, 2
-
-    def sampler():
-        if multiepoch:
-            return datasets.MultiEpochSampler(data, 3, 0, micro * steps, seed=1)
-        return datasets.EpochSampler(data, micro * steps, seed=1)
-    single = list(sampler())
-    ranks = [list(distributed.MicroBatchShard(sampler(), micro * steps, micro, r, world))
-             for r in range(world)]
-    b = micro // world
-    for k in range(len(single) // micro):
-        # Global micro-batch k is the concatenation of every rank's k-th slice.
-        assert sum((r[k * b:(k + 1) * b] for r in ranks), []) == single[k * micro:(k + 1) * micro]
-    shard = distributed.MicroBatchShard(sampler(), micro * steps, micro, 1, world)
-    assert len(shard) == len(ranks[1])
-    assert shard.batches_per_epoch == sampler().batches_per_epoch
-    shard.set_epoch(*shard.locate(2))
-    assert list(shard) == ranks[1][2 * steps * b:]
-
-
 TINY = ['--dataset', 'Digits32', '--G_ch', '8', '--D_ch', '8', '--G_attn', '0', '--D_attn', '0',
         '--num_workers', '0', '--shuffle', '--experiment_name', 'exp']
 
