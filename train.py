@@ -171,11 +171,11 @@ def _train(config, ctx, log):
     # The global z/y: every rank draws the same values and takes its slice.
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
                                z_var=config['z_var'])
-    # Sheets and metrics draw from private generators, seeded from --seed, so the
-    # training trajectory never depends on how often the run samples or saves.
-    # Each rank samples its own share of the metrics' images, so each needs its own stream.
-    sample_seed = config['seed'] + 1 + 1_000_003 * ctx.rank
-    sample_gen = utils.private_generator(sample_seed, device)
+    # Sheets and metrics draw from a private generator, reseeded from (seed, itr,
+    # rank) before each use, so the training trajectory never depends on how often
+    # the run samples or saves, and neither do the sheets of a given iteration.
+    # Each rank samples its own share of the metrics' images, so each has its own stream.
+    sample_gen = utils.private_generator(utils.sampling_seed(config['seed'], 0, ctx.rank), device)
     fixed_z, fixed_y = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'],
                                          device=device, z_var=config['z_var'],
                                          generator=utils.private_generator(config['seed'], device))
@@ -203,6 +203,7 @@ def _train(config, ctx, log):
             which_G.eval()
         state_dict['rng'] = utils.get_rng_state()
         snapshot_scalers()
+        sample_gen.manual_seed(utils.sampling_seed(config['seed'], state_dict['itr'], ctx.rank))
         # Rank 0 samples alone: its batch norms must not wait for the other ranks.
         with sync_batchnorm.local_stats():
             train_fns.save_and_sample(G, D, G_ema, sample_z, sample_y, fixed_z, fixed_y,
@@ -218,6 +219,7 @@ def _train(config, ctx, log):
         distributed.broadcast_buffers(which_G, ctx)
         state_dict['rng'] = utils.get_rng_state()
         snapshot_scalers()
+        sample_gen.manual_seed(utils.sampling_seed(config['seed'], state_dict['itr'], ctx.rank))
         with sync_batchnorm.local_stats():
             train_fns.test(G, D, G_ema, sample_z, sample_y, state_dict, config, sample,
                            get_inception_metrics, experiment_name, test_log, log=log,

@@ -572,6 +572,16 @@ def private_generator(seed, device):
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def sampling_seed(seed, itr, rank=0):
+    """The seed of the sheets and metrics drawn at iteration `itr` (on process `rank`).
+
+    A hash, so they depend only on (seed, itr, rank): the same iteration gives the
+    same sheets however often the run saved or tested before it.
+    """
+    digest = hashlib.sha256(f'biggan-samples:{seed}:{itr}:{rank}'.encode()).digest()
+    return int.from_bytes(digest[:8], 'little') >> 1
+
+
 def sample_1hot(batch_size, num_classes, device='cuda'):
     """Random class indices (batch_size,) int64 (named as in the original)."""
     return torch.randint(0, num_classes, (batch_size,), device=device, dtype=torch.int64)

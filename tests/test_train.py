@@ -179,3 +179,15 @@ def test_batch_that_does_not_fit_the_dataset_is_refused(tmp_path, capsys):
 def test_starting_over_an_existing_run_is_refused(tmp_path, capsys):
     train.run(_config(tmp_path, '--num_iters', '1'), log=lambda m: None)
     _expect_refusal(capsys, tmp_path, ['--num_iters', '2'], 'already holds checkpoints')
+
+
+def test_saving_more_often_changes_neither_the_trajectory_nor_the_sheets(tmp_path):
+    often, rarely = tmp_path / 'often', tmp_path / 'rarely'
+    train.run(_config(often, '--num_iters', '4', '--save_every', '1', '--ema'),
+              log=lambda m: None)
+    train.run(_config(rarely, '--num_iters', '4', '--save_every', '4', '--ema'),
+              log=lambda m: None)
+    _assert_identical(_weights(often), _weights(rarely))
+    for name in ('fixed_samples4.jpg', '4/samples0.jpg', '4/interpY0.jpg'):
+        assert (often / 'samples' / 'exp' / name).read_bytes() == \
+            (rarely / 'samples' / 'exp' / name).read_bytes(), name
