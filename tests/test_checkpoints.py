@@ -138,6 +138,7 @@ class _Evil:
         return (os.system, (f'touch {_Evil.marker}',))
 
 
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')  # the crafted file's protocol
 def test_malicious_pickle_is_refused_without_running_it(tmp_path):
     _Evil.marker = tmp_path / 'pwned'
     path = tmp_path / 'state_dict.pth'

@@ -48,7 +48,8 @@ def test_every_sampling_output_is_written(trained):
         '--sample_inception_metrics', '--sample_trunc_curves', '0.5_0.25_1.0',
         '--num_inception_images', '12', '--inception_network', 'tf',
         '--inception_weights', str(weights), '--G_batch_size', '6')
-    results = sample.run(config, log=lambda m: None)
+    with pytest.warns(UserWarning, match='FID is biased'):  # 12 samples of 2048-d features
+        results = sample.run(config, log=lambda m: None)
     out = root / 'samples' / 'exp'
     with np.load(out / 'samples.npz') as f:
         x, y = f['x'], f['y']
