@@ -14,6 +14,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: with other processes on CI's 2 cores, two OpenMP
+    threads spin-wait on each other and run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def shared_spec():
     """Path to ../shared/spec, or skip: a fresh clone has no ../shared."""
     spec = SHARED / 'spec'

@@ -13,14 +13,7 @@ import train_fns
 import utils
 from conftest import tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One thread: faster than two on a CI machine whose cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _setup(*argv):

@@ -24,15 +24,7 @@ import train
 import utils
 from conftest import ROOT
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The in-process runs share 2 cores with the 2 torchrun workers; one thread each
-    # avoids OpenMP spin-waiting on oversubscribed cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ---------------------------------------------------------------------------
