@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import datasets
 import distributed
+import inception_utils
 import sync_batchnorm
 import train_fns
 import utils
@@ -25,13 +26,10 @@ import utils
 def prepare_inception(config, log):
     """get_inception_metrics, or None (said once) when Inception or its moments are missing."""
     try:
-        import inception_utils
         return inception_utils.prepare_inception_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'], network=config['inception_network'],
             weights_path=config['inception_weights'])
-    except ImportError as err:
-        log(f'IS/FID are off: the Inception code is unavailable ({err}).')
     except (RuntimeError, FileNotFoundError) as err:
         log(f'IS/FID are off: {err}')
     return None
