@@ -645,13 +645,64 @@ def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, **k
                              load_in_mem=load_in_mem, **kwargs)
 
 
+def _hashed_generator(key):
+    # A hash of the key, not a sum of seeds, so that neighbouring seeds share no draws;
+    # SHA-256 rather than hash(), so that every process derives the same generator.
+    digest = hashlib.sha256(key.encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], 'little') >> 1)
+
+
+# ---------------------------------------------------------------------------
+# Class-balanced subsets (--data_subset)
+# ---------------------------------------------------------------------------
+def _subset_size(n, total):
+    n = float(n)
+    if 0 < n < 1:
+        size = round(n * total)
+    elif n >= 1 and n == int(n):
+        size = int(n)
+    else:
+        raise DataError(f'--data_subset {n:g}: give a number of images (a whole number >= 1) '
+                        'or a fraction of the training set (between 0 and 1)')
+    if not 1 <= size <= total:
+        raise DataError(f'--data_subset {n:g}: asks for {size} images but the training set has '
+                        f'{total}; give at most {total} (or a fraction below 1)')
+    return size
+
+
+def balanced_subset(labels, n, seed=0):
+    """Sorted int64 indices (size,) of a class-balanced subset of the training set.
+
+    labels: (N,) class labels of the whole training set. n: a number of images
+    (>= 1) or, if 0 < n < 1, a fraction of N (rounded). Every class gets the
+    same share, q or q + 1 images, except that a class with fewer images gives
+    all of them and its shortfall goes to the others; the +1s go to the
+    largest classes (ties: the higher labels). Which images of a class is a
+    seeded random choice that depends only on (seed, class): the same in every
+    process and at any world size, and nested (with the same seed, a smaller
+    n picks a subset of a larger n's images). Raises DataError naming
+    --data_subset when n is not a valid size.
+    """
+    labels = torch.as_tensor(np.asarray(labels)).long().flatten()
+    size = _subset_size(n, labels.numel())
+    classes, counts = torch.unique(labels, return_counts=True)
+    # Water-filling from the smallest class up: each takes an equal share of what is left.
+    order = sorted(zip(counts.tolist(), classes.tolist()))
+    remaining, chosen = size, []
+    for k, (count, label) in enumerate(order):
+        quota = min(count, remaining // (len(order) - k))
+        remaining -= quota
+        members = torch.nonzero(labels == label).flatten()
+        pick = torch.randperm(count, generator=_hashed_generator(f'biggan-subset:{seed}:{label}'))
+        chosen.append(members[pick[:quota]])
+    return torch.sort(torch.cat(chosen)).values
+
+
 # ---------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------
 def _epoch_generator(seed, epoch):
-    # A hash, not seed + epoch, so that runs with neighbouring seeds do not share epochs.
-    digest = hashlib.sha256(f'biggan-data:{seed}:{epoch}'.encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], 'little') >> 1)
+    return _hashed_generator(f'biggan-data:{seed}:{epoch}')
 
 
 def _epoch_order(n, seed, epoch, shuffle, seed_items):
