@@ -46,13 +46,16 @@ def write_npz(sample, num, path):
     with tqdm(total=num, desc='npz', unit='img') as pbar:
         while count < num:
             images, labels = sample()
-            xs.append(np.uint8(255 * (images.float().cpu().numpy() + 1) / 2.0 + 0.5))
-            ys.append(labels.cpu().numpy())
-            count += len(labels)
-            pbar.update(len(labels))
+            take = min(len(labels), num - count)
+            xs.append(np.uint8(255 * (images[:take].float().cpu().numpy() + 1) / 2.0 + 0.5))
+            # A copy: on CPU, .cpu().numpy() shares memory with the label buffer that
+            # the next sample() redraws in place.
+            ys.append(labels[:take].cpu().numpy().copy())
+            count += take
+            pbar.update(take)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f'{path}.partial.npz'
-    np.savez(tmp, x=np.concatenate(xs)[:num], y=np.concatenate(ys)[:num])
+    np.savez(tmp, x=np.concatenate(xs), y=np.concatenate(ys))
     os.replace(tmp, path)
 
 

@@ -1,4 +1,5 @@
 """sample.py from a tiny trained checkpoint, and the released checkpoints' legacy format."""
+import functools
 import os
 
 import numpy as np
@@ -73,6 +74,35 @@ def test_use_ema_loads_G_ema_and_eval_mode_is_deterministic(trained):
     saved = utils.torch_load(str(root / 'weights' / 'exp' / 'G_ema.pth'))
     assert all(torch.equal(v, saved[k]) for k, v in G_ema.state_dict().items())
     assert not torch.equal(G.linear.weight, G_ema.linear.weight)
+
+
+class _LabelPainter(torch.nn.Module):
+    """A G whose every pixel encodes its class: y -> the grey level y / 5 - 1."""
+    dim_z = 4
+
+    def __init__(self):
+        super().__init__()
+        self.shared = torch.nn.Identity()
+
+    def forward(self, z, y):
+        return (y.float() / 5 - 1).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+
+
+def test_npz_labels_are_the_classes_each_image_was_drawn_for(tmp_path, capsys):
+    # On CPU, y_ is redrawn in place each batch: labels stored as views of it would all
+    # become the last batch's. 37 samples from batches of 8: the last batch is cut.
+    G = _LabelPainter()
+    z_, y_ = utils.prepare_z_y(8, G.dim_z, 10, device='cpu',
+                               generator=torch.Generator().manual_seed(0))
+    draw = functools.partial(utils.sample, G=G, z_=z_, y_=y_, config={})
+    sample.write_npz(draw, 37, str(tmp_path / 'samples.npz'))
+    with np.load(tmp_path / 'samples.npz') as f:
+        x, y = f['x'], f['y']
+    assert x.shape == (37, 3, 2, 2) and y.shape == (37,)
+    assert np.array_equal(np.round(x[:, 0, 0, 0] / 25.5), y)
+    assert len(set(y[:8].tolist())) > 1 and not np.array_equal(y[:8], y[8:16])
+    # The progress bar ends at 37 of 37, not at the 40 images drawn.
+    assert '37/37' in capsys.readouterr().err
 
 
 def test_truncated_z_stays_inside_the_threshold():
