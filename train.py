@@ -29,7 +29,7 @@ def prepare_inception(config, log):
         return inception_utils.prepare_inception_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'], network=config['inception_network'],
-            weights_path=config['inception_weights'])
+            weights_path=config['inception_weights'], resolution=config['resolution'])
     except (RuntimeError, FileNotFoundError) as err:
         log(f'IS/FID are off: {err}')
     return None
@@ -118,6 +118,8 @@ def _train(config, ctx, log):
                                config['load_weights'], G_ema, load_optim=False)
     except utils.CheckpointError as err:
         _refuse(f'--resume/--load_weights: {err}', ctx)
+    if config['resume']:
+        log(f"resumed from iteration {state_dict['itr']}")
     if state_dict.get('grad_scalers'):
         for key, scaler in scalers.items():
             scaler.load_state_dict(state_dict['grad_scalers'][key])
@@ -289,8 +291,9 @@ def _train(config, ctx, log):
 
 
 def main(argv=None):
-    """Parse the command line and train."""
-    config = utils.parse_config(utils.prepare_parser(), argv)
+    """Parse the command line and train; with --resume, the flags not typed come from
+    the run's saved config."""
+    config = utils.parse_config(utils.prepare_parser(), argv, from_checkpoint='resume')
     run(config)
 
 

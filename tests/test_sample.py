@@ -1,6 +1,7 @@
 """sample.py from a tiny trained checkpoint, and the released checkpoints' legacy format."""
 import functools
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -51,14 +52,14 @@ def test_every_sampling_output_is_written(trained):
         '--inception_weights', str(weights), '--G_batch_size', '6')
     with pytest.warns(UserWarning, match='FID is biased'):  # 12 samples of 2048-d features
         results = sample.run(config, log=lambda m: None)
-    out = root / 'samples' / 'exp'
+    out = root / 'samples' / 'exp' / 'sample_7'
     with np.load(out / 'samples.npz') as f:
         x, y = f['x'], f['y']
     assert x.shape == (25, 3, 32, 32) and x.dtype == np.uint8
     assert y.shape == (25,) and 0 <= y.min() and y.max() < 10
     for name in ('samples0.jpg', 'interpZY0.jpg', 'interpY0.jpg', 'interpZ0.jpg',
                  'random_samples.jpg'):
-        with Image.open(out / '7' / name) as im:
+        with Image.open(out / name) as im:
             assert im.size[0] > 32 and im.getextrema() != ((0, 0),) * 3
     metrics = results['metrics']
     assert 1.0 <= metrics['IS_mean'] <= 1008 and np.isfinite(metrics['FID'])
@@ -151,7 +152,7 @@ def test_released_checkpoint_layout_samples_and_resumes(tmp_path):
     sconfig = utils.parse_config(parser, flags + ['--base_root', str(tmp_path), '--use_ema',
                                                   '--sample_random', '--G_batch_size', '4'])
     sample.run(sconfig, log=lambda m: None)
-    assert (tmp_path / 'samples' / 'released' / '137500' / 'random_samples.jpg').is_file()
+    assert (tmp_path / 'samples' / 'released' / 'sample_137500' / 'random_samples.jpg').is_file()
     loaded, state, _ = sample.load_generator(sconfig, 'cpu')
     assert state['itr'] == 137500
     assert all(torch.equal(v, G.state_dict()[k]) for k, v in loaded.state_dict().items())
@@ -162,3 +163,62 @@ def test_released_checkpoint_layout_samples_and_resumes(tmp_path):
     resumed = utils.torch_load(str(tmp_path / 'weights' / 'released' / 'state_dict.pth'))
     assert resumed['itr'] == 137501 and resumed['best_IS'] == pytest.approx(91.509384)
     assert os.path.isfile(tmp_path / 'weights' / 'released' / 'G_copy0.pth')
+
+
+def test_sampling_writes_its_own_folder_and_leaves_training_sheets_alone(trained):
+    root, _ = trained
+    training = root / 'samples' / 'exp' / '3'
+    before = {p.name: p.read_bytes() for p in training.iterdir()}
+    assert 'samples0.jpg' in before and 'interpZY0.jpg' in before
+    sample.run(_sample_config(root, '--sample_sheets', '--sample_random', '--sample_npz',
+                              '--sample_num_npz', '8', '--G_batch_size', '4'), log=lambda m: None)
+    assert {p.name: p.read_bytes() for p in training.iterdir()} == before
+    own = root / 'samples' / 'exp' / 'sample_3'
+    assert {'samples0.jpg', 'random_samples.jpg', 'samples.npz'} <= set(os.listdir(own))
+
+
+def test_sample_takes_the_model_flags_from_the_checkpoint(trained, capsys):
+    root, _ = trained
+    sample.main(['--experiment_name', 'exp', '--base_root', str(root), '--use_ema',
+                 '--sample_random', '--G_batch_size', '4', '--sample_sheet_folder_num', '11'])
+    assert (root / 'samples' / 'exp' / 'sample_11' / 'random_samples.jpg').is_file()
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    config = utils.parse_config(parser, ['--experiment_name', 'exp', '--base_root', str(root)],
+                                from_checkpoint='arch')
+    assert (config['dataset'], config['G_ch'], config['D_ch'], config['G_attn']) == (
+        'Digits32', 8, 8, '0')
+    assert capsys.readouterr().err.count('saved') == 0
+    # A typed flag wins, and a change of architecture is named in one line.
+    config = utils.parse_config(parser, ['--experiment_name', 'exp', '--base_root', str(root),
+                                         '--G_ch', '16', '--D_ch', '8'], from_checkpoint='arch')
+    assert config['G_ch'] == 16
+    lines = [line for line in capsys.readouterr().err.splitlines() if 'saved' in line]
+    assert len(lines) == 1 and '--G_ch 16 (saved: 8)' in lines[0] and 'D_ch' not in lines[0]
+
+
+def test_resume_takes_the_run_flags_from_the_checkpoint(trained, tmp_path, capsys):
+    root, _ = trained
+    shutil.copytree(root / 'weights', tmp_path / 'weights')
+    train.main(['--experiment_name', 'exp', '--base_root', str(tmp_path), '--resume',
+                '--num_iters', '4', '--num_workers', '0'])
+    assert 'resumed from iteration 3' in capsys.readouterr().out
+    state = utils.torch_load(str(tmp_path / 'weights' / 'exp' / 'state_dict.pth'))
+    assert state['itr'] == 4
+    assert (state['config']['G_ch'], state['config']['batch_size'], state['config']['ema']) == (
+        8, 8, True)
+
+
+def test_released_checkpoint_samples_without_its_flags(tmp_path):
+    # Its config predates the parser: 'model': 'model' means BigGAN, dataset_root and
+    # BN_sync are not flags, and the activations are pickled modules.
+    config = utils.parse_config(utils.prepare_parser(), TRAIN + ['--base_root', str(tmp_path)])
+    G = _legacy_folder(tmp_path, config)
+    sample.main(['--experiment_name', 'released', '--base_root', str(tmp_path), '--use_ema',
+                 '--sample_random', '--G_batch_size', '4'])
+    assert (tmp_path / 'samples' / 'released' / 'sample_137500' / 'random_samples.jpg').is_file()
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    sconfig = utils.parse_config(parser, ['--experiment_name', 'released', '--base_root',
+                                          str(tmp_path), '--use_ema'], from_checkpoint='arch')
+    assert sconfig['model'] == 'BigGAN' and sconfig['data_root'] == str(tmp_path / 'data')
+    loaded, _, _ = sample.load_generator(sconfig, 'cpu')
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in loaded.state_dict().items())
