@@ -554,11 +554,12 @@ def with_saved_flags(parser, config, given, mode, log=_stderr):
     """
     experiment_name = config['experiment_name'] or name_from_config(config)
     root = os.path.join(update_config_roots(dict(config))['weights_root'], experiment_name)
-    suffix = config.get('load_weights') or None
-    if not checkpoint_exists(os.path.dirname(root), experiment_name, suffix):
+    path = checkpoint_path(root, 'state_dict', config.get('load_weights') or None)
+    # Only read: every rank of a torchrun job parses its flags at the same time.
+    if not os.path.isfile(path):
         return config, given
-    path = checkpoint_path(root, 'state_dict', suffix)
-    saved = torch_load(path).get('config')
+    loaded = torch_load(path)
+    saved = loaded.get('config') if isinstance(loaded, dict) else None
     if not isinstance(saved, dict):
         raise CheckpointError(f'{path}: holds no config to take the flags from; type them')
     kinds = {a.dest: a.type for a in parser._actions}
