@@ -74,12 +74,12 @@ def run(config):
 
 
 def main(argv=None):
-    """Parse the flags, run, and exit with status 2 on missing Inception weights."""
+    """Parse the flags, run, and exit with status 2 on missing Inception weights or bad data."""
     config = parse_config(argv)
     torch.backends.cudnn.benchmark = True
     try:
         run(config)
-    except inception_utils.InceptionWeightsUnavailable as err:
+    except (inception_utils.InceptionWeightsUnavailable, datasets.DataError) as err:
         utils.fail(str(err))
 
 

@@ -1030,7 +1030,9 @@ def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_
         raise DataError('drop_last=False cannot be split over several processes')
     micro_batch = micro_batch or batch_size
     _check_shard(batch_size, rank, world_size, micro_batch)
-    if len(train_set) < batch_size:
+    # Training loaders drop partial batches; a one-pass loader (drop_last=False, as for
+    # Inception moments) reads a dataset smaller than its batch in one partial batch.
+    if drop_last and len(train_set) < batch_size:
         raise DataError(f'--dataset {dataset}: {len(train_set)} images, fewer than one global '
                         f'batch of {batch_size} (batch_size x num_D_steps x '
                         'num_D_accumulations); lower --batch_size')

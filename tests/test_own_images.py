@@ -75,7 +75,7 @@ def test_prepare_data_gives_each_step_only_its_flags(tmp_path):
            'OMP_NUM_THREADS': '1'}
     proc = subprocess.run(
         ['bash', 'scripts/utils/prepare_data.sh', 'folder', '--data_root', str(images),
-         '--resolution', '32', '--num_workers', '0', '--chunk_size', '3', '--batch_size', '4',
+         '--resolution', '32', '--num_workers', '0', '--chunk_size', '3',
          '--inception_network', 'tf', '--inception_weights', str(weights)],
         cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
