@@ -538,8 +538,12 @@ def _saved_value(key, value, kind):
     return value
 
 
-def _shown(value):
-    return ('on' if value else 'off') if isinstance(value, bool) else str(value)
+def _shown(action, value):
+    """A flag's value as the command line says it: on/off for switches (a store_false
+    switch such as --D_thin is on when its dest is False)."""
+    if isinstance(value, bool):
+        return 'on' if value != (action.const is False) else 'off'
+    return str(value)
 
 
 def with_saved_flags(parser, config, given, mode, log=_stderr):
@@ -562,19 +566,20 @@ def with_saved_flags(parser, config, given, mode, log=_stderr):
     saved = loaded.get('config') if isinstance(loaded, dict) else None
     if not isinstance(saved, dict):
         raise CheckpointError(f'{path}: holds no config to take the flags from; type them')
-    kinds = {a.dest: a.type for a in parser._actions}
-    names = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
     keys = ARCH_FLAGS if mode == 'arch' else [k for k in config if k not in LOCAL_FLAGS]
     config, taken, overrides = dict(config), set(), []
     for key in keys:
         if key not in saved or key not in config or (key == 'resolution' and 'dataset' in given):
             continue
-        value = _saved_value(key, saved[key], kinds.get(key))
+        value = _saved_value(key, saved[key], actions[key].type)
         if key not in given:
             config[key] = value
             taken.add(key)
         elif key in ARCH_FLAGS and value != config[key]:
-            overrides.append(f'{names[key]} {_shown(config[key])} (saved: {_shown(value)})')
+            action = actions[key]
+            overrides.append(f'{action.option_strings[0]} {_shown(action, config[key])} '
+                             f'(saved: {_shown(action, value)})')
     if 'dataset' not in given and isinstance(saved.get('n_classes'), int):
         config['n_classes'] = saved['n_classes']
     config['experiment_name'] = experiment_name
