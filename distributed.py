@@ -291,7 +291,7 @@ def prepare_inception_metrics(config, ctx, log):
         try:
             data_mu, data_sigma = iu.load_dataset_moments(config['dataset'], config['data_root'],
                                                           config['inception_network'],
-                                                          config['resolution'])
+                                                          config.get('resolution'))
         except (OSError, ValueError) as err:
             reason = str(err)
     if agree(reason is None, ctx):
