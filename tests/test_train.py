@@ -106,7 +106,8 @@ def test_command_line_run_writes_checkpoints_logs_and_sheets(tmp_path):
     for name in os.listdir(plots):
         with Image.open(plots / name) as im:
             assert im.size[0] > 100 and len(np.unique(np.asarray(im.convert('L')))) > 2
-    assert 'exp: no metric log (IS/FID)' in proc.stdout
+    assert f"exp: no metric log {tmp_path / 'logs' / 'exp_log.jsonl'}; IS/FID not plotted" \
+        in proc.stdout
 
 
 @pytest.mark.parametrize('script', ['train.py', 'sample.py', 'make_hdf5.py',
