@@ -99,7 +99,7 @@ def check_config(config):
     res = config['resolution']
     if res not in _G_TABLE:
         return [f"resolution {res} is not supported: BigGAN has architectures for "
-                f"{sorted(_G_TABLE)} (set by --dataset)"]
+                f"{sorted(_G_TABLE)} (set by --dataset, or by --resolution for --dataset folder)"]
     errors = check_attention(config, G_arch, D_arch, 'BigGAN')
     if config['hier']:
         if not config['G_shared']:

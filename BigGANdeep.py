@@ -251,7 +251,7 @@ def check_config(config):
     res = config['resolution']
     if res not in _G_TABLE:
         return [f"resolution {res} is not supported: BigGANdeep has architectures for "
-                f"{sorted(_G_TABLE)} (set by --dataset)"]
+                f"{sorted(_G_TABLE)} (set by --dataset, or by --resolution for --dataset folder)"]
     errors = check_attention(config, G_arch, D_arch, 'BigGANdeep')
     if config['hier'] and not config['G_shared']:
         errors.append("--hier needs --G_shared: z is concatenated with the shared embedding")

@@ -7,8 +7,10 @@ sample.py read for FID::
 
     python calculate_inception_moments.py --dataset I128_hdf5 --data_root data
     python calculate_inception_moments.py --dataset C10 --inception_network tf
+    python calculate_inception_moments.py --dataset folder_hdf5 --resolution 64 --data_root imgs
 
 A trailing ``_hdf5`` is dropped from the file name: both forms of a dataset share moments.
+Your own images' moments carry the resolution (``imgs/folder64_inception_moments.npz``).
 """
 import torch
 from tqdm import tqdm
@@ -53,7 +55,8 @@ def compute_moments(loader, net, num_splits=10, seed=0, progress=True):
 def run(config):
     """Compute and save the moments of config['dataset'] with config['inception_network']."""
     network = config['inception_network']
-    path = inception_utils.moments_filename(config['dataset'], config['data_root'], network)
+    path = inception_utils.moments_filename(config['dataset'], config['data_root'], network,
+                                            config['resolution'])
     # Load the network first: missing weights fail before any data is read.
     net = inception_utils.load_inception_net(parallel=config['parallel'], network=network,
                                              weights_path=config['inception_weights'])
@@ -61,7 +64,7 @@ def run(config):
         dataset=config['dataset'], data_root=config['data_root'], augment=config['augment'],
         batch_size=config['batch_size'], num_workers=config['num_workers'], shuffle=False,
         load_in_mem=config['load_in_mem'], pin_memory=config['pin_memory'], drop_last=False,
-        seed=config['seed'])[0]
+        seed=config['seed'], resolution=config['resolution'])[0]
     stats = compute_moments(loader, net, seed=config['seed'])
     print(f"Training data from dataset {config['dataset']} has IS of {stats['IS_mean']:5.5f} "
           f"+/- {stats['IS_std']:5.5f} ({network} Inception, {stats['num_images']} images)")
@@ -71,12 +74,12 @@ def run(config):
 
 
 def main(argv=None):
-    """Parse the flags, run, and exit with status 2 on missing Inception weights."""
+    """Parse the flags, run, and exit with status 2 on missing Inception weights or bad data."""
     config = parse_config(argv)
     torch.backends.cudnn.benchmark = True
     try:
         run(config)
-    except inception_utils.InceptionWeightsUnavailable as err:
+    except (inception_utils.InceptionWeightsUnavailable, datasets.DataError) as err:
         utils.fail(str(err))
 
 

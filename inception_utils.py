@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import datasets
+
 NETWORKS = ('torchvision', 'tf')
 INCEPTION_SIZE = 299
 POOL_DIM = 2048
@@ -650,10 +652,16 @@ def accumulate_inception_statistics(batches, net, num_images, num_splits=10, spl
     return moments, scorer
 
 
-def moments_filename(dataset, data_root='data', network='torchvision'):
-    """`<data_root>/<dataset without _hdf5>_inception_moments[_tf].npz` (one file per network)."""
+def moments_filename(dataset, data_root='data', network='torchvision', resolution=None):
+    """`<data_root>/<dataset without _hdf5>_inception_moments[_tf].npz` (one file per network).
+
+    A generic dataset's name carries its resolution (folder64_...): the moments of a
+    folder depend on the size its images are resized to.
+    """
     _check_network(network)
-    name = dataset.removesuffix('_hdf5') + '_inception_moments'
+    label = (datasets.file_label(dataset, resolution) if dataset in datasets.DATASETS
+             else dataset.removesuffix('_hdf5'))
+    name = label + '_inception_moments'
     return os.path.join(data_root, name + ('_tf' if network == 'tf' else '') + '.npz')
 
 
@@ -689,17 +697,20 @@ def save_moments(path, mu, sigma):
             os.remove(tmp)
 
 
-def load_dataset_moments(dataset, data_root='data', network='torchvision'):
+def load_dataset_moments(dataset, data_root='data', network='torchvision', resolution=None):
     """(mu (2048,), sigma (2048, 2048)) of `dataset`'s real images, for FID.
 
     Raises InceptionMomentsMissing naming the file and the command that makes
     it, or ValueError for a file that does not hold 2048-d pool moments.
+    resolution: the size of a generic dataset (--dataset folder).
     """
-    path = moments_filename(dataset, data_root, network)
+    path = moments_filename(dataset, data_root, network, resolution)
     if not os.path.isfile(path):
+        generic = dataset in datasets.DATASETS and datasets.is_generic(dataset)
+        size = f' --resolution {resolution}' if generic else ''
         raise InceptionMomentsMissing(
             f'{path}: no Inception moments for FID; make them with `python '
-            f'calculate_inception_moments.py --dataset {dataset} --data_root {data_root} '
+            f'calculate_inception_moments.py --dataset {dataset}{size} --data_root {data_root} '
             f'--inception_network {network}` (or pass --no_fid)')
     data_mu, data_sigma = load_moments(path)
     if data_mu.shape != (POOL_DIM,):
@@ -709,7 +720,7 @@ def load_dataset_moments(dataset, data_root='data', network='torchvision'):
 
 
 def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
-                              network='torchvision', weights_path=None):
+                              network='torchvision', weights_path=None, resolution=None):
     """Load the network (and, unless no_fid, the dataset's moments) and return
     ``get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
     use_torch=True) -> (IS_mean, IS_std, FID)``.
@@ -717,10 +728,11 @@ def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
     `sample()` returns (images (B, 3, H, W) in [-1, 1], labels). With no_fid, FID is NaN (it
     never counts as a best FID). Raises InceptionMomentsMissing for a missing moments file and
     InceptionWeightsUnavailable for missing weights, both before any sampling.
+    resolution: the size of a generic dataset (--dataset folder), for its moments' name.
     """
     data_mu = data_sigma = None
     if not no_fid:
-        data_mu, data_sigma = load_dataset_moments(dataset, data_root, network)
+        data_mu, data_sigma = load_dataset_moments(dataset, data_root, network, resolution)
     net = load_inception_net(parallel, network, weights_path)
 
     def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,

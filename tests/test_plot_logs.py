@@ -111,9 +111,10 @@ def test_plots_and_summary(tmp_path):
     assert int(match.group(2)) == fid_itr
     assert 'best FID n/a' in lines['runB']
     assert 'no metric log' in lines['runC']
-    # The parts that are missing are named, not silently skipped.
+    # The parts that are missing are named once, not silently skipped.
     assert 'runB: no log folder' in proc.stderr
-    assert 'runC: no metric log runC_log.jsonl' in proc.stderr
+    assert f"runC: no metric log {other / 'runC_log.jsonl'}; IS/FID not plotted" in lines['runC']
+    assert (proc.stdout + proc.stderr).count('runC_log.jsonl') == 1
 
 
 def test_missing_experiment_names_the_paths(tmp_path):
@@ -125,12 +126,30 @@ def test_missing_experiment_names_the_paths(tmp_path):
     assert not (tmp_path / 'plots').exists()
 
 
-def test_metric_log_parsing_and_smoothing(tmp_path):
+def _plot_logs():
     sys.path.insert(0, str(ROOT / 'logs'))
     try:
         import plot_logs
     finally:
         sys.path.remove(str(ROOT / 'logs'))
+    return plot_logs
+
+
+def test_many_singular_value_curves_stay_distinguishable(tmp_path):
+    plot_logs = _plot_logs()
+    exp = plot_logs.Experiment('run')
+    itrs = list(range(10, 101, 10))
+    exp.svs['G'] = {f'G_blocks_{i}_0_conv1_sv0': (itrs, [1.0 + i + 0.01 * t for t in itrs])
+                    for i in range(25)}
+    drawn = plot_logs.plot_svs(exp, 'G', str(tmp_path / 'svs.png'), top=0)
+    assert len(drawn) == 25
+    assert len({(color, style) for _, color, style in drawn}) == 25
+    assert drawn[0][0] == 'blocks_24_0_conv1_sv0'  # largest final value first
+    _assert_png(tmp_path / 'svs.png')
+
+
+def test_metric_log_parsing_and_smoothing(tmp_path):
+    plot_logs = _plot_logs()
     (tmp_path / 'G_loss.log').write_text('20: 3.000e+00\n10: 1.000e+00\ngarbage\n\n30: nan\n')
     notes = []
     itrs, values = plot_logs.read_metric_log(str(tmp_path / 'G_loss.log'), notes)

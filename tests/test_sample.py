@@ -1,5 +1,7 @@
 """sample.py from a tiny trained checkpoint, and the released checkpoints' legacy format."""
+import functools
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -50,14 +52,14 @@ def test_every_sampling_output_is_written(trained):
         '--inception_weights', str(weights), '--G_batch_size', '6')
     with pytest.warns(UserWarning, match='FID is biased'):  # 12 samples of 2048-d features
         results = sample.run(config, log=lambda m: None)
-    out = root / 'samples' / 'exp'
+    out = root / 'samples' / 'exp' / 'sample_7'
     with np.load(out / 'samples.npz') as f:
         x, y = f['x'], f['y']
     assert x.shape == (25, 3, 32, 32) and x.dtype == np.uint8
     assert y.shape == (25,) and 0 <= y.min() and y.max() < 10
     for name in ('samples0.jpg', 'interpZY0.jpg', 'interpY0.jpg', 'interpZ0.jpg',
                  'random_samples.jpg'):
-        with Image.open(out / '7' / name) as im:
+        with Image.open(out / name) as im:
             assert im.size[0] > 32 and im.getextrema() != ((0, 0),) * 3
     metrics = results['metrics']
     assert 1.0 <= metrics['IS_mean'] <= 1008 and np.isfinite(metrics['FID'])
@@ -73,6 +75,35 @@ def test_use_ema_loads_G_ema_and_eval_mode_is_deterministic(trained):
     saved = utils.torch_load(str(root / 'weights' / 'exp' / 'G_ema.pth'))
     assert all(torch.equal(v, saved[k]) for k, v in G_ema.state_dict().items())
     assert not torch.equal(G.linear.weight, G_ema.linear.weight)
+
+
+class _LabelPainter(torch.nn.Module):
+    """A G whose every pixel encodes its class: y -> the grey level y / 5 - 1."""
+    dim_z = 4
+
+    def __init__(self):
+        super().__init__()
+        self.shared = torch.nn.Identity()
+
+    def forward(self, z, y):
+        return (y.float() / 5 - 1).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+
+
+def test_npz_labels_are_the_classes_each_image_was_drawn_for(tmp_path, capsys):
+    # On CPU, y_ is redrawn in place each batch: labels stored as views of it would all
+    # become the last batch's. 37 samples from batches of 8: the last batch is cut.
+    G = _LabelPainter()
+    z_, y_ = utils.prepare_z_y(8, G.dim_z, 10, device='cpu',
+                               generator=torch.Generator().manual_seed(0))
+    draw = functools.partial(utils.sample, G=G, z_=z_, y_=y_, config={})
+    sample.write_npz(draw, 37, str(tmp_path / 'samples.npz'))
+    with np.load(tmp_path / 'samples.npz') as f:
+        x, y = f['x'], f['y']
+    assert x.shape == (37, 3, 2, 2) and y.shape == (37,)
+    assert np.array_equal(np.round(x[:, 0, 0, 0] / 25.5), y)
+    assert len(set(y[:8].tolist())) > 1 and not np.array_equal(y[:8], y[8:16])
+    # The progress bar ends at 37 of 37, not at the 40 images drawn.
+    assert '37/37' in capsys.readouterr().err
 
 
 def test_truncated_z_stays_inside_the_threshold():
@@ -121,7 +152,7 @@ def test_released_checkpoint_layout_samples_and_resumes(tmp_path):
     sconfig = utils.parse_config(parser, flags + ['--base_root', str(tmp_path), '--use_ema',
                                                   '--sample_random', '--G_batch_size', '4'])
     sample.run(sconfig, log=lambda m: None)
-    assert (tmp_path / 'samples' / 'released' / '137500' / 'random_samples.jpg').is_file()
+    assert (tmp_path / 'samples' / 'released' / 'sample_137500' / 'random_samples.jpg').is_file()
     loaded, state, _ = sample.load_generator(sconfig, 'cpu')
     assert state['itr'] == 137500
     assert all(torch.equal(v, G.state_dict()[k]) for k, v in loaded.state_dict().items())
@@ -132,3 +163,62 @@ def test_released_checkpoint_layout_samples_and_resumes(tmp_path):
     resumed = utils.torch_load(str(tmp_path / 'weights' / 'released' / 'state_dict.pth'))
     assert resumed['itr'] == 137501 and resumed['best_IS'] == pytest.approx(91.509384)
     assert os.path.isfile(tmp_path / 'weights' / 'released' / 'G_copy0.pth')
+
+
+def test_sampling_writes_its_own_folder_and_leaves_training_sheets_alone(trained):
+    root, _ = trained
+    training = root / 'samples' / 'exp' / '3'
+    before = {p.name: p.read_bytes() for p in training.iterdir()}
+    assert 'samples0.jpg' in before and 'interpZY0.jpg' in before
+    sample.run(_sample_config(root, '--sample_sheets', '--sample_random', '--sample_npz',
+                              '--sample_num_npz', '8', '--G_batch_size', '4'), log=lambda m: None)
+    assert {p.name: p.read_bytes() for p in training.iterdir()} == before
+    own = root / 'samples' / 'exp' / 'sample_3'
+    assert {'samples0.jpg', 'random_samples.jpg', 'samples.npz'} <= set(os.listdir(own))
+
+
+def test_sample_takes_the_model_flags_from_the_checkpoint(trained, capsys):
+    root, _ = trained
+    sample.main(['--experiment_name', 'exp', '--base_root', str(root), '--use_ema',
+                 '--sample_random', '--G_batch_size', '4', '--sample_sheet_folder_num', '11'])
+    assert (root / 'samples' / 'exp' / 'sample_11' / 'random_samples.jpg').is_file()
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    config = utils.parse_config(parser, ['--experiment_name', 'exp', '--base_root', str(root)],
+                                from_checkpoint='arch')
+    assert (config['dataset'], config['G_ch'], config['D_ch'], config['G_attn']) == (
+        'Digits32', 8, 8, '0')
+    assert capsys.readouterr().err.count('saved') == 0
+    # A typed flag wins, and a change of architecture is named in one line.
+    config = utils.parse_config(parser, ['--experiment_name', 'exp', '--base_root', str(root),
+                                         '--G_ch', '16', '--D_ch', '8'], from_checkpoint='arch')
+    assert config['G_ch'] == 16
+    lines = [line for line in capsys.readouterr().err.splitlines() if 'saved' in line]
+    assert len(lines) == 1 and '--G_ch 16 (saved: 8)' in lines[0] and 'D_ch' not in lines[0]
+
+
+def test_resume_takes_the_run_flags_from_the_checkpoint(trained, tmp_path, capsys):
+    root, _ = trained
+    shutil.copytree(root / 'weights', tmp_path / 'weights')
+    train.main(['--experiment_name', 'exp', '--base_root', str(tmp_path), '--resume',
+                '--num_iters', '4', '--num_workers', '0'])
+    assert 'resumed from iteration 3' in capsys.readouterr().out
+    state = utils.torch_load(str(tmp_path / 'weights' / 'exp' / 'state_dict.pth'))
+    assert state['itr'] == 4
+    assert (state['config']['G_ch'], state['config']['batch_size'], state['config']['ema']) == (
+        8, 8, True)
+
+
+def test_released_checkpoint_samples_without_its_flags(tmp_path):
+    # Its config predates the parser: 'model': 'model' means BigGAN, dataset_root and
+    # BN_sync are not flags, and the activations are pickled modules.
+    config = utils.parse_config(utils.prepare_parser(), TRAIN + ['--base_root', str(tmp_path)])
+    G = _legacy_folder(tmp_path, config)
+    sample.main(['--experiment_name', 'released', '--base_root', str(tmp_path), '--use_ema',
+                 '--sample_random', '--G_batch_size', '4'])
+    assert (tmp_path / 'samples' / 'released' / 'sample_137500' / 'random_samples.jpg').is_file()
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    sconfig = utils.parse_config(parser, ['--experiment_name', 'released', '--base_root',
+                                          str(tmp_path), '--use_ema'], from_checkpoint='arch')
+    assert sconfig['model'] == 'BigGAN' and sconfig['data_root'] == str(tmp_path / 'data')
+    loaded, _, _ = sample.load_generator(sconfig, 'cpu')
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in loaded.state_dict().items())

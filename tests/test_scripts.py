@@ -11,13 +11,16 @@ import utils
 from conftest import ROOT
 
 SCRIPTS = sorted((ROOT / 'scripts').rglob('*.sh'))
-PARSERS = {
-    'train.py': lambda: utils.prepare_parser(),
-    'sample.py': lambda: utils.add_sample_parser(utils.prepare_parser()),
-    'make_hdf5.py': make_hdf5.prepare_parser,
-    'calculate_inception_moments.py': calculate_inception_moments.prepare_parser,
+# Each python script's own command-line parsing, to a prepared config.
+PARSE = {
+    'train.py': lambda argv: utils.parse_config(utils.prepare_parser(), argv),
+    'sample.py': lambda argv: utils.parse_config(
+        utils.add_sample_parser(utils.prepare_parser()), argv),
+    'make_hdf5.py': make_hdf5.parse_config,
+    'calculate_inception_moments.py': calculate_inception_moments.parse_config,
 }
-TOOLS = {'make_hdf5.py', 'calculate_inception_moments.py'}
+# "$@" itself, or an array that a script fills from it ("${hdf5_args[@]}").
+PASSED_ON = re.compile(r'\$@|\$\{\w+\[@\]\}')
 
 
 def _commands(path):
@@ -27,7 +30,7 @@ def _commands(path):
     for line in text.splitlines():
         words = shlex.split(line, comments=True)
         for i, word in enumerate(words):
-            if word in PARSERS:
+            if word in PARSE:
                 commands.append((word, words[i + 1:]))
                 break
     return commands
@@ -39,7 +42,7 @@ def test_every_original_script_is_present():
                  'launch_BigGAN_ch64_bs256x8.sh', 'launch_BigGAN_deep.sh',
                  'launch_SAGAN_bs128x2_ema.sh', 'launch_SNGAN.sh', 'launch_cifar_ema.sh',
                  'utils/prepare_data.sh', 'utils/duplicate.sh', 'launch_demo.sh',
-                 'sample_BigGAN_bs256x8.sh', 'sample_cifar_ema.sh'):
+                 'sample_BigGAN_bs256x8.sh', 'sample_cifar_ema.sh', 'sample_demo.sh'):
         assert name in names, name
 
 
@@ -51,7 +54,6 @@ def test_script_command_lines_parse_and_pass_extra_arguments(path):
         return
     assert commands, f'{path.name} runs no python script'
     for script, argv in commands:
-        assert argv[-1] == '$@', f'{path.name}: {script} does not pass "$@" on'
-        args = argv[:-1]
-        config = utils.parse_config(PARSERS[script](), args, check_model=script not in TOOLS)
+        assert PASSED_ON.fullmatch(argv[-1]), f'{path.name}: {script} does not pass "$@" on'
+        config = PARSE[script](argv[:-1])
         assert config['dataset'] in utils.nclass_dict

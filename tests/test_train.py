@@ -1,4 +1,5 @@
 """train.py end to end at tiny widths: outputs, exact resume, and refusals of bad input."""
+import io
 import os
 import subprocess
 import sys
@@ -105,7 +106,8 @@ def test_command_line_run_writes_checkpoints_logs_and_sheets(tmp_path):
     for name in os.listdir(plots):
         with Image.open(plots / name) as im:
             assert im.size[0] > 100 and len(np.unique(np.asarray(im.convert('L')))) > 2
-    assert 'exp: no metric log (IS/FID)' in proc.stdout
+    assert f"exp: no metric log {tmp_path / 'logs' / 'exp_log.jsonl'}; IS/FID not plotted" \
+        in proc.stdout
 
 
 @pytest.mark.parametrize('script', ['train.py', 'sample.py', 'make_hdf5.py',
@@ -168,12 +170,24 @@ def test_resume_with_another_architecture_is_refused_and_changes_nothing(tmp_pat
 
 
 def test_batch_that_does_not_fit_the_dataset_is_refused(tmp_path, capsys):
-    folder = tmp_path / 'data' / 'ImageNet' / 'n01'
+    folder = tmp_path / 'data' / 'n01'
     folder.mkdir(parents=True)
     from PIL import Image
     for i in range(3):
         Image.new('RGB', (40, 36), (i * 40, 0, 0)).save(folder / f'{i}.png')
-    _expect_refusal(capsys, tmp_path, ['--dataset', 'I32', '--num_iters', '1'], '--batch_size')
+    _expect_refusal(capsys, tmp_path, ['--dataset', 'folder', '--resolution', '32',
+                                       '--num_iters', '1'], '--batch_size')
+
+
+def test_training_bar_keeps_the_losses_in_80_columns():
+    out = io.StringIO()
+    pbar = train.progress_bar(100000, 0, 'BigGAN_I128_hdf5_seed0_Gch96_Dch96_bs256', file=out,
+                              ncols=80, dynamic_ncols=False, mininterval=0)
+    train.show_losses(pbar, {'G_loss': 1.23456, 'D_loss_real': -0.4567, 'D_loss_fake': 12.5})
+    pbar.update(900)
+    pbar.close()
+    line = out.getvalue().split('\r')[-1].strip()
+    assert len(line) <= 80 and 'G +1.23 Dr -0.46 Df +12.50' in line, line
 
 
 def test_starting_over_an_existing_run_is_refused(tmp_path, capsys):
