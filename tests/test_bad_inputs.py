@@ -46,7 +46,7 @@ MODEL = ['--dataset', 'Digits32', '--G_ch', '8', '--D_ch', '8', '--batch_size', 
          '--num_D_steps', '1', '--G_attn', '0', '--D_attn', '0', '--num_workers', '0',
          '--experiment_name', 'exp', '--ema']
 # Nothing a refusal prints may look like a crash or advise an unsafe load.
-FORBIDDEN = ('Traceback', 'weights_only=False', 'allow_pickle=True')
+FORBIDDEN = ('Traceback', 'weights_only=False', 'allow_pickle')
 
 
 @dataclass
