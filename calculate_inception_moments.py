@@ -12,6 +12,8 @@ sample.py read for FID::
 A trailing ``_hdf5`` is dropped from the file name: both forms of a dataset share moments.
 Your own images' moments carry the resolution (``imgs/folder64_inception_moments.npz``).
 """
+import os
+
 import torch
 from tqdm import tqdm
 
@@ -57,6 +59,8 @@ def run(config):
     network = config['inception_network']
     path = inception_utils.moments_filename(config['dataset'], config['data_root'], network,
                                             config['resolution'])
+    # Where the moments go must be writable before the pass over the data, not after it.
+    utils.check_writable(os.path.dirname(path) or '.', '--data_root')
     # Load the network first: missing weights fail before any data is read.
     net = inception_utils.load_inception_net(parallel=config['parallel'], network=network,
                                              weights_path=config['inception_weights'])
@@ -74,13 +78,19 @@ def run(config):
 
 
 def main(argv=None):
-    """Parse the flags, run, and exit with status 2 on missing Inception weights or bad data."""
+    """Parse the flags, run, and exit with status 2 and one line on missing Inception
+    weights, bad data (naming the file) or an unwritable output."""
     config = parse_config(argv)
     torch.backends.cudnn.benchmark = True
     try:
         run(config)
-    except (inception_utils.InceptionWeightsUnavailable, datasets.DataError) as err:
+    except (inception_utils.InceptionWeightsUnavailable, datasets.DataError,
+            utils.OutputError) as err:
         utils.fail(str(err))
+    except OSError as err:
+        if err.errno not in utils.WRITE_ERRNOS:
+            raise
+        utils.fail(f'{err.filename or "the moments file"}: {err.strerror}')
 
 
 if __name__ == '__main__':

@@ -17,13 +17,16 @@ slice of every micro-batch of the same global batch. Bad input raises `DataError
 whose message names the path or flag; scripts turn it into `utils.fail`.
 """
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import importlib.util
 import os
+import re
 import secrets
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import h5py
@@ -298,7 +301,8 @@ IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tif
 # change again within the same timestamp tick (1-2 s on some file systems), so a
 # cached index that recorded it is not trusted ("racy" timestamps, as in git).
 _RACY_NS = 2_000_000_000
-_INDEX_VERSION = 1
+# Version 2: an index is written only after every image in it decoded once.
+_INDEX_VERSION = 2
 
 
 def is_image_file(filename):
@@ -313,21 +317,76 @@ def pil_loader(path):
             img = Image.open(f)
             return img.convert('RGB')
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f'{path}: cannot read this image ({err}); replace or remove it '
-                        '(a removed file also needs its index refreshed, which happens '
+        raise DataError(f'{path}: cannot read this image ({_reason(err)}); replace or remove '
+                        'it (a removed file also needs its index refreshed, which happens '
                         'automatically when its folder changes)') from None
+
+
+def _reason(err):
+    if isinstance(err, PermissionError):
+        return 'permission denied'
+    return str(err) or type(err).__name__
+
+
+def path_problem(path):
+    """Why `path` cannot be looked at ('permission denied', 'not found'), or None."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return 'permission denied'
+    except OSError:
+        return 'not found'
+    return None
+
+
+def _image_problem(path):
+    """None if the image at `path` decodes, else why not."""
+    try:
+        with Image.open(path) as img:
+            img.draft(img.mode, (1, 1))  # JPEGs decode at 1/8 scale, still reading every byte
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return _reason(err)
+    return None
+
+
+def check_images(paths, desc='Checking images'):
+    """Decode every image of `paths` once (in threads); DataError naming the first bad one.
+
+    Catches unreadable, permission-denied, truncated and non-image files before
+    training rather than in the middle of it. JPEGs decode at 1/8 scale.
+    """
+    from tqdm import tqdm
+    workers = min(8, os.cpu_count() or 1)
+    chunk = 4096  # bounded: the pool's queue holds one chunk at a time
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), desc=desc, unit='img',
+                                                   disable=len(paths) < 2000) as pbar:
+        for start in range(0, len(paths), chunk):
+            batch = paths[start:start + chunk]
+            for path, problem in zip(batch, pool.map(_image_problem, batch)):
+                if problem:
+                    raise DataError(f'{path}: cannot read this image ({problem}); replace or '
+                                    'remove it')
+            pbar.update(len(batch))
 
 
 def find_classes(root):
     """Sorted class folder names under `root` and their indices."""
-    classes = sorted(e.name for e in os.scandir(root)
-                     if e.is_dir() and not e.name.startswith('.'))
+    try:
+        with os.scandir(root) as it:
+            classes = sorted(e.name for e in it if e.is_dir() and not e.name.startswith('.'))
+    except OSError as err:
+        raise DataError(f'{root}: cannot list this folder ({_reason(err)}); check --data_root '
+                        'and its permissions') from None
     return classes, {name: i for i, name in enumerate(classes)}
 
 
 def folder_classes(root):
     """Sorted class folder names under `root`; DataError naming `root` when there are none."""
     if not os.path.isdir(root):
+        if path_problem(root) == 'permission denied':
+            raise DataError(f'{root}: permission denied; make it (and the folders above '
+                            'it) readable, or point --data_root elsewhere')
         raise DataError(f'{root}: image folder not found; put the images in '
                         f'{root}/<class>/<image>, or point --data_root at the folder '
                         f'that holds {os.path.basename(os.path.normpath(root))}')
@@ -348,10 +407,14 @@ def _walk_index(root, classes):
             folder = os.path.join(root, rel)
             # Stat before listing: a file added after the listing then makes the
             # recorded mtime stale, never equal.
-            mtimes.append(os.stat(folder).st_mtime_ns)
+            try:
+                mtimes.append(os.stat(folder).st_mtime_ns)
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as err:
+                raise DataError(f'{folder}: cannot list this folder ({_reason(err)}); make it '
+                                f'readable or move it out of {root}') from None
             dirs.append(rel)
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
             subdirs = []
             for entry in entries:
                 if entry.name.startswith('.'):
@@ -398,23 +461,70 @@ def partial_path(path):
     return f'{path}.{secrets.token_hex(4)}.part'
 
 
-def _write_index(index_filename, classes, built, paths, labels, dirs, mtimes):
-    # Atomic: readers see the old cache or the new one, never half of one.
-    tmp = partial_path(index_filename)
+# A temporary this young may belong to a writer that has not locked it yet.
+_STALE_AGE_S = 10.0
+
+
+def remove_stale_partials(path):
+    """Remove temporaries `<path>.<hex>.part` left by writers of `path` that died.
+
+    A live writer holds an flock on its temporary (partial_output), so only the
+    leftovers of killed or crashed writers are removed.
+    """
+    folder, base = os.path.split(path)
+    pattern = re.compile(re.escape(base) + r'\.[0-9a-f]{8}\.part')
     try:
-        f = open(tmp, 'xb')
+        names = [n for n in os.listdir(folder or '.') if pattern.fullmatch(n)]
     except OSError:
-        return  # read-only data root: run without a cache
+        return
+    for name in names:
+        tmp = os.path.join(folder, name)
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime > _STALE_AGE_S:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer lives
+                os.remove(tmp)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def partial_output(path):
+    """Write `path` atomically: yields a fresh temporary path beside it, which replaces
+    `path` when the block succeeds and is removed when it fails.
+
+    The temporary is flock'ed while it is written, and stale temporaries of `path`
+    (a writer killed with -9) are removed first, so leftovers do not pile up.
+    """
+    remove_stale_partials(path)
+    tmp = partial_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with f:
-            np.savez_compressed(f, version=_INDEX_VERSION, classes=np.array(classes),
-                                built_ns=built, paths=paths, labels=labels, dirs=dirs,
-                                mtimes=mtimes)
-        os.replace(tmp, index_filename)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+    finally:
+        os.close(fd)
+
+
+def _write_index(index_filename, classes, built, paths, labels, dirs, mtimes):
+    # Atomic: readers see the old cache or the new one, never half of one.
+    try:
+        with partial_output(index_filename) as tmp, open(tmp, 'wb') as f:
+            np.savez_compressed(f, version=_INDEX_VERSION, classes=np.array(classes),
+                                built_ns=built, paths=paths, labels=labels, dirs=dirs,
+                                mtimes=mtimes)
+    except OSError:
+        pass  # a read-only data root: run without a cache
 
 
 class ImageFolder(_SeedableItems):
@@ -441,13 +551,17 @@ class ImageFolder(_SeedableItems):
         if cached is None:
             built = time.time_ns()
             paths, labels, dirs, mtimes = _walk_index(root, classes)
-            if len(paths) and index_filename:
-                _write_index(index_filename, classes, built, paths, labels, dirs, mtimes)
         else:
             paths, labels = cached
         if len(paths) == 0:
             raise DataError(f'{root}: no images in its class folders (extensions '
                             f"{', '.join(IMG_EXTENSIONS)}); check --data_root")
+        if cached is None:
+            # Once per index: a cached index lists only images that decoded.
+            check_images([os.path.join(root, os.fsdecode(p)) for p in paths],
+                         desc=f'Checking {root}')
+            if index_filename:
+                _write_index(index_filename, classes, built, paths, labels, dirs, mtimes)
         self.root = root
         self.paths, self.labels = paths, labels
         self.classes, self.class_to_idx = classes, class_to_idx
@@ -495,6 +609,10 @@ class ILSVRC_HDF5(_SeedableItems):
         self.target_transform = target_transform
         self.load_in_mem = load_in_mem
         self._h5, self._pid = None, None
+        if path_problem(root) == 'permission denied' or (
+                os.path.isfile(root) and not os.access(root, os.R_OK)):
+            raise DataError(f'{root}: permission denied; make it readable (or point '
+                            '--data_root elsewhere)')
         if not os.path.isfile(root):
             source = '<dataset>'
             if dataset and dataset.endswith('_hdf5'):
@@ -722,7 +840,9 @@ def get_dataset(dataset, data_root='data', augment=False, load_in_mem=False, res
     kwargs = {}
     if spec.kind == 'folder':
         if not os.path.isdir(data_root):
-            raise DataError(f'--data_root {data_root}: no such folder')
+            denied = path_problem(data_root) == 'permission denied'
+            raise DataError(f'--data_root {data_root}: ' + (
+                'permission denied; make it readable' if denied else 'no such folder'))
         kwargs = {'index_filename': os.path.join(data_root, f'{dataset}_imgs.npz'),
                   'n_classes': spec.n_classes}
     elif spec.kind == 'hdf5':

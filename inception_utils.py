@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import datasets
+import utils
 
 NETWORKS = ('torchvision', 'tf')
 INCEPTION_SIZE = 299
@@ -353,11 +354,10 @@ def _download_state_dict(url):
 
 def _read_state_dict(path, network):
     try:
-        state_dict = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # unpickling, truncated file, not a torch file
+        state_dict = utils.torch_load(path)
+    except utils.CheckpointError as err:  # unpickling refused, truncated file, not a torch file
         raise InceptionWeightsUnavailable(
-            f'{path}: cannot read it as {network} Inception weights ({type(err).__name__}: '
-            f'{str(err).splitlines()[0] if str(err) else ""}); {weights_help(network)}') from None
+            f'{network} Inception weights: {err}; {weights_help(network)}') from None
     if not isinstance(state_dict, dict):
         raise InceptionWeightsUnavailable(f'{path}: holds a {type(state_dict).__name__}, not a '
                                           f'state dict; {weights_help(network)}')
@@ -665,19 +665,40 @@ def moments_filename(dataset, data_root='data', network='torchvision', resolutio
     return os.path.join(data_root, name + ('_tf' if network == 'tf' else '') + '.npz')
 
 
-def load_moments(path):
-    """(mu (D,), sigma (D, D)) float64 from a moments npz (keys mu, sigma)."""
+def _npz_reason(err):
+    text = str(err)
+    # numpy's own text suggests allow_pickle=True, which would run code from the file.
+    if 'pickle' in text:
+        return 'not an npz of plain arrays; pickled objects are never loaded'
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_npz(path, keys, what):
+    """{key: array} for `keys` from an npz of plain arrays at `path` (`what` names its
+    contents in messages); ValueError naming the path otherwise. Never unpickles."""
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f'{path}: cannot read it as an npz moments file ({err})') from None
+        raise ValueError(f'{path}: cannot read it as an npz of {what} ({_npz_reason(err)})') \
+            from None
     if not hasattr(data, 'files'):
-        raise ValueError(f'{path}: holds a single array, not an npz with mu and sigma')
+        raise ValueError(f'{path}: holds a single array, not an npz of {what}')
     with data:
-        if 'mu' not in data.files or 'sigma' not in data.files:
-            raise ValueError(f'{path}: a moments file needs the keys mu and sigma, it has '
-                             f'{", ".join(data.files)}')
-        mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
+        missing = [key for key in keys if key not in data.files]
+        if missing:
+            raise ValueError(f'{path}: an npz of {what} needs the keys {", ".join(keys)}; it '
+                             f'has {", ".join(data.files) or "none"}')
+        try:
+            return {key: data[key] for key in keys}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+            raise ValueError(f'{path}: cannot read {what} from it ({_npz_reason(err)})') \
+                from None
+
+
+def load_moments(path):
+    """(mu (D,), sigma (D, D)) float64 from a moments npz (keys mu, sigma)."""
+    arrays = read_npz(path, ('mu', 'sigma'), 'moments (mu, sigma)')
+    mu, sigma = arrays['mu'].astype(np.float64), arrays['sigma'].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise ValueError(f'{path}: mu has shape {mu.shape} and sigma {sigma.shape}; expected '
                          '(D,) and (D, D)')
@@ -687,14 +708,8 @@ def load_moments(path):
 def save_moments(path, mu, sigma):
     """Write mu, sigma to `path` atomically (a half-written file never replaces a good one)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with datasets.partial_output(path) as tmp, open(tmp, 'wb') as f:
+        np.savez(f, mu=mu, sigma=sigma)
 
 
 def load_dataset_moments(dataset, data_root='data', network='torchvision', resolution=None):
@@ -769,11 +784,7 @@ def _uint8_to_unit(x):
 def npz_image_batches(path, batch_size):
     """(count, iterator of (B, 3, H, W) float batches in [-1, 1]) from an npz with uint8 images
     under 'x', NHWC (N, H, W, 3) or NCHW (N, 3, H, W) (the original sample.py writes NCHW)."""
-    with np.load(path, allow_pickle=False) as data:
-        if 'x' not in data:
-            raise ValueError(f'{path}: expected samples under the key x, found '
-                             f'{", ".join(data.files)}')
-        x = data['x']
+    x = read_npz(path, ('x',), 'samples (x)')['x']
     if x.dtype != np.uint8 or x.ndim != 4 or 3 not in (x.shape[1], x.shape[3]):
         raise ValueError(f'{path}: x has dtype {x.dtype} and shape {x.shape}; expected uint8 '
                          'images (N, H, W, 3) or (N, 3, H, W)')
@@ -790,15 +801,24 @@ def folder_image_batches(path, batch_size):
     """(count, iterator of float batches in [-1, 1]) from the image files under a folder
     (recursively, sorted); consecutive images of one size share a batch."""
     from PIL import Image
-    files = sorted(p for p in Path(path).rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def unlistable(err):
+        raise ValueError(f'{err.filename}: cannot list this folder ({err.strerror})')
+    # os.walk with onerror: an unreadable subfolder is an error, never silently skipped.
+    files = sorted(Path(folder, name) for folder, _, names in os.walk(path, onerror=unlistable)
+                   for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f'{path}: no image files ({", ".join(IMAGE_SUFFIXES)}) found')
 
     def batches():
         pending = []
         for file in files:
-            with Image.open(file) as image:
-                array = np.asarray(image.convert('RGB'))
+            try:
+                with Image.open(file) as image:
+                    array = np.asarray(image.convert('RGB'))
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                reason = 'permission denied' if isinstance(err, PermissionError) else err
+                raise ValueError(f'{file}: cannot read this image ({reason})') from None
             if pending and (len(pending) == batch_size or array.shape != pending[0].shape):
                 yield _uint8_to_unit(np.stack(pending).transpose(0, 3, 1, 2))
                 pending = []
@@ -838,9 +858,9 @@ def _cli_parser():
     return parser
 
 
-def _statistics_of(path, net, args, label):
+def _statistics_of(images, net, args, label):
     from tqdm import tqdm
-    count, batches = image_batches(path, args.batch_size)
+    count, batches = images
     with tqdm(total=count, desc=label, unit='img') as pbar:
         return accumulate_inception_statistics(batches, net, count, args.num_splits, pbar=pbar)
 
@@ -853,23 +873,34 @@ def main(argv=None):
         parser.error('--batch_size and --num_splits must be at least 1')
     for flag, path in (('--samples', args.samples), ('--reference', args.reference)):
         if path and not os.path.exists(path):
-            parser.error(f'{flag} {path}: no such file or folder')
+            problem = datasets.path_problem(path) or 'not found'
+            parser.error(f'{flag} {path}: ' + ('permission denied' if problem ==
+                                               'permission denied' else 'no such file or folder'))
+    if args.device is not None:
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            parser.error(f'--device {args.device}: not a device; use e.g. cpu, cuda or cuda:1')
     reference_is_file = args.reference and os.path.isfile(args.reference)
     if reference_is_file and (args.network == 'tf') != ('_tf' in Path(args.reference).stem):
         warnings.warn(f'{args.reference}: moments files are named per network '
                       f"('_tf' for tf); check it was computed with --network {args.network}",
                       stacklevel=1)
     try:
+        # The inputs are read (npz) or listed (folders) before the network loads.
         reference = load_moments(args.reference) if reference_is_file else None
+        samples = image_batches(args.samples, args.batch_size)
+        reference_images = (image_batches(args.reference, args.batch_size)
+                             if args.reference and reference is None else None)
         net = load_inception_net(network=args.network, weights_path=args.weights_path,
                                  device=args.device)
-        moments, scorer = _statistics_of(args.samples, net, args, 'samples')
+        moments, scorer = _statistics_of(samples, net, args, 'samples')
         IS_mean, IS_std = scorer.result()
         print(f'Inception Score ({args.network}, {scorer.num_images} samples, '
               f'{args.num_splits} splits): {IS_mean:.4f} +/- {IS_std:.4f}')
         if args.reference:
             if reference is None:
-                ref_moments, _ = _statistics_of(args.reference, net, args, 'reference')
+                ref_moments, _ = _statistics_of(reference_images, net, args, 'reference')
                 reference = ref_moments.mu, ref_moments.sigma
             FID = torch_calculate_frechet_distance(moments.mu, moments.sigma, *reference)
             print(f'FID ({args.network}): {FID:.4f}')

@@ -15,7 +15,6 @@ under a temporary name in the same folder and renamed when complete: an
 interrupted run leaves no file that looks complete, and an existing file is only
 replaced with --overwrite.
 """
-import contextlib
 import os
 import time
 from argparse import ArgumentParser
@@ -102,6 +101,8 @@ def make_hdf5(dataset, data_root='data', batch_size=256, num_workers=16, chunk_s
     path = dset.data_path(twin, data_root, size)
     if os.path.exists(path) and not overwrite:
         raise dset.DataError(f'{path} already exists; pass --overwrite to replace it')
+    # Before reading (and checking) every image, not after.
+    utils.check_writable(os.path.dirname(path) or '.', '--data_root')
     source = dset.get_dataset(dataset, data_root, augment=False, resolution=size,
                               n_classes=dset.DATASETS[dataset].n_classes)
     n_classes = getattr(source, 'n_classes', None) or dset.DATASETS[dataset].n_classes
@@ -111,48 +112,48 @@ def make_hdf5(dataset, data_root='data', batch_size=256, num_workers=16, chunk_s
     loader = DataLoader(source, batch_size=batch_size, shuffle=False, drop_last=False,
                         num_workers=num_workers, pin_memory=False)
     chunk = min(chunk_size, n)
-    tmp = dset.partial_path(path)
     try:
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-        f = h5py.File(tmp, 'x')  # 'x': never clobbers a file that is already there
+        # Written under a temporary name and renamed when complete; temporaries that a
+        # killed run left behind are removed first. partial_output's flock marks the
+        # temporary as live, so HDF5's own file lock (which would conflict) is off.
+        with dset.partial_output(path) as tmp, h5py.File(tmp, 'w', locking=False) as f:
+            _fill(f, loader, dataset, path, n, size, chunk, compression, n_classes)
     except OSError as err:
-        raise dset.DataError(f'{tmp}: cannot create the HDF5 file ({err}); '
-                             'check --data_root') from None
-    try:
-        with f:
-            comp = None if compression == 'none' else compression
-            imgs = f.create_dataset('imgs', (n, 3, size, size), dtype='uint8',
-                                    chunks=(chunk, 3, size, size), compression=comp)
-            labels = np.empty(n, dtype=np.int64)
-            # Whole chunks are written at once: a partial write to a compressed
-            # chunk would read, decompress and recompress it every batch.
-            buf = np.empty((chunk, 3, size, size), dtype=np.uint8)
-            filled, written = 0, 0
-            for x, y in tqdm(loader, desc=f'{dataset} -> {path}', unit='batch'):
-                if tuple(x.shape[1:]) != (3, size, size):
-                    raise dset.DataError(f'{dataset}: items are {tuple(x.shape[1:])}, expected '
-                                         f'(3, {size}, {size})')
-                u8 = x.add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
-                labels[written + filled:written + filled + len(u8)] = y.numpy()
-                start = 0
-                while start < len(u8):
-                    take = min(chunk - filled, len(u8) - start)
-                    buf[filled:filled + take] = u8[start:start + take]
-                    filled, start = filled + take, start + take
-                    if filled == chunk or written + filled == n:
-                        imgs[written:written + filled] = buf[:filled]
-                        written, filled = written + filled, 0
-            if written != n:
-                raise dset.DataError(f'{dataset}: read {written} images, expected {n}')
-            f.create_dataset('labels', data=labels, chunks=(chunk,), compression=comp)
-            f.attrs['source'] = dataset
-            f.attrs['n_classes'] = n_classes
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+        raise dset.DataError(f'{path}: cannot write the HDF5 file ({err}); check --data_root '
+                             'and the free space there') from None
     return path
+
+
+def _fill(f, loader, dataset, path, n, size, chunk, compression, n_classes):
+    """Write loader's n images and labels into the open HDF5 file f, chunk by chunk."""
+    comp = None if compression == 'none' else compression
+    imgs = f.create_dataset('imgs', (n, 3, size, size), dtype='uint8',
+                            chunks=(chunk, 3, size, size), compression=comp)
+    labels = np.empty(n, dtype=np.int64)
+    # Whole chunks are written at once: a partial write to a compressed
+    # chunk would read, decompress and recompress it every batch.
+    buf = np.empty((chunk, 3, size, size), dtype=np.uint8)
+    filled, written = 0, 0
+    for x, y in tqdm(loader, desc=f'{dataset} -> {path}', unit='batch'):
+        if tuple(x.shape[1:]) != (3, size, size):
+            raise dset.DataError(f'{dataset}: items are {tuple(x.shape[1:])}, expected '
+                                 f'(3, {size}, {size})')
+        u8 = x.add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        labels[written + filled:written + filled + len(u8)] = y.numpy()
+        start = 0
+        while start < len(u8):
+            take = min(chunk - filled, len(u8) - start)
+            buf[filled:filled + take] = u8[start:start + take]
+            filled, start = filled + take, start + take
+            if filled == chunk or written + filled == n:
+                imgs[written:written + filled] = buf[:filled]
+                written, filled = written + filled, 0
+    if written != n:
+        raise dset.DataError(f'{dataset}: read {written} images, expected {n}')
+    f.create_dataset('labels', data=labels, chunks=(chunk,), compression=comp)
+    f.attrs['source'] = dataset
+    f.attrs['n_classes'] = n_classes
 
 
 def run(config):
@@ -168,7 +169,7 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         path = run(config)
-    except dset.DataError as err:
+    except (dset.DataError, utils.OutputError) as err:
         utils.fail(str(err))
     except KeyboardInterrupt:
         utils.fail('interrupted; no HDF5 file was written', status=130)

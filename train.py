@@ -7,6 +7,7 @@ latest checkpoint left it. Under torchrun (`torchrun --nproc_per_node N
 train.py ...`) each process trains its slice of every batch with DDP
 (distributed.py); --amp and --compile pick the precision and compilation.
 """
+import contextlib
 import functools
 import os
 import time
@@ -69,7 +70,8 @@ def run(config, log=None):
         _refuse(error, ctx)
     distributed.setup(ctx)
     try:
-        return _train(config, ctx, log)
+        with _experiment_lock(config, ctx):
+            return _train(config, ctx, log)
     finally:
         distributed.teardown(ctx)
 
@@ -79,6 +81,37 @@ def _refuse(message, ctx):
     if ctx.is_main:
         utils.fail(message)
     raise SystemExit(2)
+
+
+def _refuse_if(problem, ctx):
+    """Refuse on every rank when rank 0 found `problem` (None elsewhere)."""
+    if not distributed.agree(problem is None, ctx):
+        _refuse(problem, ctx)
+
+
+def _experiment_name(config):
+    return config['experiment_name'] or utils.name_from_config(config)
+
+
+@contextlib.contextmanager
+def _experiment_lock(config, ctx):
+    """Rank 0 holds the experiment's lock for the run's whole life (the OS drops it if the
+    process dies), and as the one writer finishes or discards an interrupted save first."""
+    root = os.path.join(config['weights_root'], _experiment_name(config))
+    lock, problem = None, None
+    if ctx.is_main:
+        try:
+            utils.check_writable(root, '--weights_root')
+            lock = utils.ExperimentLock(root).acquire()
+            utils.recover_checkpoints(root)
+        except (utils.CheckpointError, utils.OutputError) as err:
+            problem = str(err)
+    try:
+        _refuse_if(problem, ctx)
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _train(config, ctx, log):
@@ -96,16 +129,15 @@ def _train(config, ctx, log):
     utils.seed_rng(config['seed'])
     torch.backends.cudnn.benchmark = True
     model = utils.load_model_module(config['model'])
-    experiment_name = config['experiment_name'] or utils.name_from_config(config)
+    experiment_name = _experiment_name(config)
 
-    # Everything that can refuse the run is checked before anything is written. Rank 0
-    # looks first: checkpoint_exists finishes an interrupted checkpoint write.
-    with distributed.main_first(ctx):
-        if not config['resume'] and not config['load_weights'] and utils.checkpoint_exists(
-                config['weights_root'], experiment_name):
-            _refuse(f"{os.path.join(config['weights_root'], experiment_name)} already holds "
-                    'checkpoints: pass --resume to continue that run, or --experiment_name '
-                    '(or --name_suffix) to start a new one', ctx)
+    # Everything that can refuse the run is checked before anything is written (rank 0
+    # has already repaired any interrupted save, under the experiment's lock).
+    if not config['resume'] and not config['load_weights'] and utils.checkpoint_exists(
+            config['weights_root'], experiment_name):
+        _refuse(f"{os.path.join(config['weights_root'], experiment_name)} already holds "
+                'checkpoints: pass --resume to continue that run, or --experiment_name '
+                '(or --name_suffix) to start a new one', ctx)
     G = model.Generator(**config).to(device)
     D = model.Discriminator(**config).to(device)
     G_ema, ema = None, None
@@ -165,14 +197,27 @@ def _train(config, ctx, log):
         if config['parallel'] and torch.cuda.device_count() > 1:
             GD = nn.DataParallel(train_fns.AutocastModule(GD, config['amp']))
 
+    # Every output folder is writable and there is room for a checkpoint set, before
+    # the first iteration rather than at the first save.
+    problem = None
+    if ctx.is_main:
+        try:
+            utils.check_outputs(config, experiment_name,
+                                utils.checkpoint_set_bytes(G, D, G_ema))
+        except utils.OutputError as err:
+            problem = str(err)
+    _refuse_if(problem, ctx)
+
     if ctx.is_main:
         utils.prepare_root(config)
+        # On resume, log lines past the checkpoint (a run killed after it) are cut.
+        start_itr = state_dict['itr'] if config['resume'] else None
         test_log = utils.MetricsLogger(
             os.path.join(config['logs_root'], f'{experiment_name}_log.jsonl'),
-            reinitialize=not config['resume'])
+            reinitialize=not config['resume'], start_itr=start_itr)
         train_log = utils.MyLogger(os.path.join(config['logs_root'], experiment_name),
                                    reinitialize=not config['resume'],
-                                   logstyle=config['logstyle'])
+                                   logstyle=config['logstyle'], start_itr=start_itr)
         utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
     else:
         test_log = train_log = None
@@ -309,9 +354,17 @@ def _train(config, ctx, log):
 
 def main(argv=None):
     """Parse the command line and train; with --resume, the flags not typed come from
-    the run's saved config."""
+    the run's saved config. Bad data or a failed write exit with one line."""
     config = utils.parse_config(utils.prepare_parser(), argv, from_checkpoint='resume')
-    run(config)
+    try:
+        run(config)
+    except (datasets.DataError, utils.CheckpointError) as err:
+        utils.fail(str(err))
+    except OSError as err:
+        if err.errno not in utils.WRITE_ERRNOS:
+            raise
+        utils.fail(f'{err.filename or "an output file"}: {err.strerror}; the last committed '
+                   'checkpoint is intact: free space (or fix permissions) and --resume')
 
 
 if __name__ == '__main__':

@@ -340,10 +340,12 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
         # Advanced before writing, so a run resumed from these files rotates to
         # the next copy instead of overwriting the one written now.
         state_dict['save_num'] = (slot + 1) % config['num_save_copies']
-    utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None, ema_G)
-    if config['num_save_copies'] > 0:
+        # The copy is committed before the latest set: a run killed between the two
+        # resumes from the previous latest set and writes this slot again, where the
+        # other order would resume past it and leave the slot stale.
         utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name,
                            f'copy{slot}', ema_G)
+    utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None, ema_G)
 
 
 def rank_best(entries, which_best):

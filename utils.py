@@ -10,18 +10,24 @@ the experiment's saved config.
 """
 import contextlib
 import datetime
+import errno
+import fcntl
 import hashlib
 import importlib
 import json
 import os
 import pickle
+import shutil
+import socket
 import sys
 import time
+import warnings
 from argparse import ArgumentParser, Namespace
 
 import torch
 import torch.nn as nn
 import torchvision
+from PIL import Image
 
 import datasets as dset
 
@@ -318,6 +324,9 @@ classes_per_sheet_dict = {k: v.classes_per_sheet for k, v in dset.DATASETS.items
 LEGACY_FP16_FLAGS = ('G_fp16', 'D_fp16', 'G_mixed_precision', 'D_mixed_precision')
 
 
+ROOT_KEYS = ('data', 'weights', 'logs', 'samples')
+
+
 class ConfigError(ValueError):
     """A flag value or combination that cannot work; the message names the flag."""
 
@@ -330,9 +339,18 @@ def load_model_module(name):
 
 
 def update_config_roots(config):
-    """With --base_root, put data, weights, logs and samples under it."""
+    """With --base_root, put data, weights, logs and samples under it.
+
+    A root given on the command line as well is replaced; one line on stderr says so.
+    """
     if config['base_root']:
-        for key in ('data', 'weights', 'logs', 'samples'):
+        # Each <key>_root flag defaults to '<key>', so another value was given explicitly.
+        ignored = [f"--{key}_root {config[f'{key}_root']}" for key in ROOT_KEYS
+                   if config[f'{key}_root'] != key]
+        if ignored:
+            print(f"note: --base_root {config['base_root']} puts data, weights, logs and samples "
+                  f"under it; ignoring {', '.join(ignored)}", file=sys.stderr)
+        for key in ROOT_KEYS:
             config[f'{key}_root'] = os.path.join(config['base_root'], key)
     return config
 
@@ -383,9 +401,16 @@ def _check_flags(config):
         errors.append(f"--num_D_steps {config['num_D_steps']}: each G iteration needs at "
                       'least one D step')
     for flag in ('G_batch_size', 'num_iters', 'shared_dim', 'ema_start',
-                 'num_save_copies', 'num_best_copies'):
+                 'num_save_copies', 'num_best_copies', 'num_workers', 'G_lr', 'D_lr'):
         if config[flag] < 0:
             errors.append(f"--{flag} {config[flag]}: must not be negative")
+    if config['save_every'] < 1:
+        errors.append(f"--save_every {config['save_every']}: must be at least 1")
+    if config['num_epochs'] < 1:
+        errors.append(f"--num_epochs {config['num_epochs']}: must be at least 1 (training stops "
+                      'after --num_epochs epochs or --num_iters iterations, whichever is first)')
+    if not 0 <= config['seed'] < 2 ** 32:
+        errors.append(f"--seed {config['seed']}: must lie in [0, 2**32) (numpy's seed range)")
     if not 0.0 <= config['ema_decay'] <= 1.0:
         errors.append(f"--ema_decay {config['ema_decay']}: must lie in [0, 1]")
     if config['logstyle'] not in ('pickle', 'mat', 'npz'):
@@ -557,15 +582,15 @@ def with_saved_flags(parser, config, given, mode, log=_stderr):
     are ignored. Raises CheckpointError for an unreadable state_dict.pth.
     """
     experiment_name = config['experiment_name'] or name_from_config(config)
-    root = os.path.join(update_config_roots(dict(config))['weights_root'], experiment_name)
-    path = checkpoint_path(root, 'state_dict', config.get('load_weights') or None)
-    # Only read: every rank of a torchrun job parses its flags at the same time.
-    if not os.path.isfile(path):
+    weights_root = update_config_roots(dict(config))['weights_root']
+    suffix = config.get('load_weights') or None
+    path = checkpoint_path(os.path.join(weights_root, experiment_name), 'state_dict', suffix)
+    # Only read (the last committed set): every rank of a torchrun job parses its
+    # flags at the same time, and a running trainer may be writing.
+    loaded = load_checkpoint_set(weights_root, experiment_name, suffix, ('state_dict',))
+    if loaded['state_dict'] is None:
         return config, given
-    loaded = torch_load(path)
-    saved = loaded.get('config') if isinstance(loaded, dict) else None
-    if not isinstance(saved, dict):
-        raise CheckpointError(f'{path}: holds no config to take the flags from; type them')
+    saved = check_training_state(loaded['state_dict'], path)['config']
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     keys = ARCH_FLAGS if mode == 'arch' else [k for k in config if k not in LOCAL_FLAGS]
     config, taken, overrides = dict(config), set(), []
@@ -762,19 +787,38 @@ def fail(message, status=2):
 # ---------------------------------------------------------------------------
 # A checkpoint set is G, G_optim, D, D_optim, state_dict (+ G_ema), written in
 # the original's flat layout: weights_root/<experiment>/G.pth, G_copy0.pth, ...
+#
+# One writer per experiment: a training run holds the experiment's lock
+# (ExperimentLock: an flock on weights_root/<exp>/.lock, which the OS drops when the
+# process dies) for its whole life; save_weights takes it for one save when its
+# caller does not hold it.
+#
 # A set is written journal-style so a crash at any moment leaves either the
 # previous complete set or the new complete set, never a mix:
 #   1. every file goes to a temporary name and is fsynced;
-#   2. a commit record (.commit_<suffix>.json) naming the renames is written atomically;
-#   3. the temporary files are renamed over the old ones and the record removed.
-# `recover_checkpoints` rolls a committed set forward and deletes uncommitted
-# temporaries; every loader runs it first.
+#   2. once every temporary is on disk, a commit record (.commit_<suffix>.json)
+#      naming the renames is written atomically;
+#   3. the temporaries are renamed over the old files and the record removed.
+# Only the lock holder repairs: `recover_checkpoints` rolls a committed set forward
+# and deletes uncommitted temporaries. Readers (`load_checkpoint_set`, and through it
+# load_weights, sample.py, checkpoint_exists) never rename or delete anything: while a
+# record is there, a part's committed file is its temporary if that still exists,
+# else its final name.
 SET_PARTS = ('G', 'G_optim', 'D', 'D_optim', 'state_dict', 'G_ema')
 _TMP_TAG = '.partial'
+LOCK_NAME = '.lock'
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+class ExperimentBusy(CheckpointError):
+    """Another process holds the experiment's lock; the message names it."""
+
+
+class OutputError(RuntimeError):
+    """An output folder that cannot be written, or too little room for a checkpoint set."""
 
 
 def join_strings(base_string, strings):
@@ -795,37 +839,247 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _remove_quietly(paths):
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
 def _atomic_write_bytes(path, data):
     tmp = f'{path}{_TMP_TAG}'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly([tmp])
+        raise
+
+
+def _makedirs(path):
+    """os.makedirs(path, exist_ok=True); returns the folders it created, outermost first."""
+    created, head = [], os.path.abspath(path)
+    while not os.path.isdir(head):
+        created.append(head)
+        head = os.path.dirname(head)
+    os.makedirs(path, exist_ok=True)
+    return created[::-1]
+
+
+_held_locks = {}
+
+
+class ExperimentLock:
+    """The one-writer lock of an experiment folder root = weights_root/<exp>.
+
+    An flock on root/.lock, which holds the holder's pid and host. acquire() raises
+    ExperimentBusy naming them when another process holds it, CheckpointError when the
+    folder cannot be created. The OS releases an flock when its process exits or is
+    killed, so a crashed run never leaves the experiment locked. release() removes the
+    lock file and the folders acquire() created, so a refused run leaves nothing behind.
+    Use as a context manager, or acquire()/release().
+    """
+
+    def __init__(self, root):
+        self.root = root
+        self.path = os.path.join(root, LOCK_NAME)
+        self.fd = None
+        self._created = []
+
+    def acquire(self):
+        """Take the lock (without waiting); returns self."""
+        try:
+            self._created = _makedirs(self.root)
+            self.fd = self._lock_file()
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f'{os.getpid()} {socket.gethostname()}\n'.encode())
+        except BaseException as err:
+            self.release()
+            if isinstance(err, OSError):
+                raise CheckpointError(
+                    f'{self.root}: cannot create the experiment lock ({err.strerror or err}); '
+                    'check --weights_root') from None
+            raise
+        _held_locks[os.path.realpath(self.root)] = self
+        return self
+
+    def _lock_file(self):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors='replace').split()
+                os.close(fd)
+                pid = holder[0] if holder else 'unknown'
+                host = f' on {holder[1]}' if len(holder) > 1 else ''
+                raise ExperimentBusy(
+                    f'{self.root} is in use by another training run (pid {pid}{host}): one run '
+                    'writes an experiment at a time; wait for it to finish, or pass another '
+                    '--experiment_name') from None
+            # A holder that released in the meantime unlinked the file we opened: a
+            # lock on it guards nothing, so start over on the current file.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def release(self):
+        """Drop the lock, remove the lock file and any empty folders acquire() created."""
+        _held_locks.pop(os.path.realpath(self.root), None)
+        if self.fd is not None:
+            # Unlinked while still locked; see _lock_file for how a waiter copes.
+            _remove_quietly([self.path])
+            os.close(self.fd)
+            self.fd = None
+        for folder in reversed(self._created):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        self._created = []
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+@contextlib.contextmanager
+def _writing(root):
+    """Hold root's lock for one write, unless this process holds it already."""
+    if os.path.realpath(root) in _held_locks:
+        yield
+    else:
+        with ExperimentLock(root):
+            yield
+
+
+def _record_path(root, name_suffix):
+    return os.path.join(root, f".commit_{name_suffix or 'latest'}.json")
+
+
+def _is_record(name):
+    return name.startswith('.commit_') and name.endswith('.json')
+
+
+def _valid_renames(renames):
+    def valid(pair):
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(n, str) and n and os.path.basename(n) == n for n in pair)):
+            return False
+        src, dst = pair
+        return not dst.startswith('.') and src.startswith(dst + _TMP_TAG)
+    return isinstance(renames, list) and all(valid(pair) for pair in renames)
+
+
+def _read_record(path):
+    """[(temporary, final), ...] of a commit record; None when there is none."""
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise CheckpointError(f'{path}: cannot read this commit record ({err.strerror})') from None
+    try:
+        renames = json.loads(raw)
+    except ValueError:
+        renames = None
+    # Renames name plain files of this folder only: a crafted record moves nothing elsewhere.
+    if not _valid_renames(renames):
+        raise CheckpointError(
+            f'{path}: not a commit record of this code (a JSON list of [<file>{_TMP_TAG}<id>, '
+            '<file>] pairs); move it out of the folder and check the checkpoint set by hand')
+    return [tuple(pair) for pair in renames]
 
 
 def recover_checkpoints(root):
-    """Finish committed set writes and drop uncommitted temporaries under `root`."""
+    """Finish committed set writes and drop uncommitted temporaries under `root`.
+
+    Renames and deletes: only for the holder of the experiment's lock (train.py's
+    rank 0, save_weights). Raises CheckpointError for a malformed commit record.
+    """
     if not os.path.isdir(root):
         return
-    names = os.listdir(root)
-    for name in sorted(n for n in names if n.startswith('.commit_') and n.endswith('.json')):
+    for name in sorted(n for n in os.listdir(root) if _is_record(n)):
         record = os.path.join(root, name)
-        try:
-            with open(record) as f:
-                renames = json.load(f)
-        except (OSError, ValueError):
-            os.remove(record)  # a torn record: its set never committed
-            continue
-        for src, dst in renames:
+        for src, dst in _read_record(record):
             src_path = os.path.join(root, src)
             if os.path.exists(src_path):
                 os.replace(src_path, os.path.join(root, dst))
         _fsync_dir(root)
         os.remove(record)
-    for name in os.listdir(root):
-        if _TMP_TAG in name:
-            os.remove(os.path.join(root, name))
+    _remove_quietly(os.path.join(root, name) for name in os.listdir(root) if _TMP_TAG in name)
+
+
+def _signature(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _committed_view(root, name_suffix, parts):
+    """(record, {part: (path of its committed file or None, its stat signature)})."""
+    renames = _read_record(_record_path(root, name_suffix)) or []
+    pending = {dst: src for src, dst in renames}
+    view = {}
+    for part in parts:
+        final = os.path.basename(checkpoint_path(root, part, name_suffix))
+        view[part] = (None, None)
+        for name in ([pending[final]] if final in pending else []) + [final]:
+            path = os.path.join(root, name)
+            signature = _signature(path)
+            if signature is not None:
+                view[part] = (path, signature)
+                break
+    return tuple(renames), view
+
+
+def _open_part(path):
+    try:
+        return open(path, 'rb')
+    except (FileNotFoundError, IsADirectoryError) as err:
+        if isinstance(err, IsADirectoryError):
+            raise CheckpointError(f'{path}: a folder, not a checkpoint file') from None
+        raise
+    except OSError as err:
+        raise CheckpointError(f'{path}: cannot read it ({err.strerror})') from None
+
+
+def load_checkpoint_set(weights_root, experiment_name, name_suffix=None, parts=SET_PARTS):
+    """Read the last committed checkpoint set without changing the folder.
+
+    Returns {part: loaded object, or None when the set has no such file}. Safe while a
+    writer saves: the files are opened from one view of the folder that did not change
+    while they were opened (else it tries again), so they all come from one save.
+    """
+    root = os.path.join(weights_root, experiment_name)
+    for attempt in range(200):
+        view = _committed_view(root, name_suffix, parts)
+        files = {}
+        try:
+            for part, (path, _) in view[1].items():
+                files[part] = _open_part(path) if path else None
+            if _committed_view(root, name_suffix, parts) == view:
+                return {part: torch_load(f, name=view[1][part][0]) if f else None
+                        for part, f in files.items()}
+        except FileNotFoundError:
+            pass  # renamed between the look and the open: look again
+        finally:
+            for f in files.values():
+                if f is not None:
+                    f.close()
+        time.sleep(min(0.005 * (attempt + 1), 0.1))
+    raise CheckpointError(f'{root}: the checkpoint set kept changing while it was read; '
+                          'try again')
 
 
 def _plain_config(config):
@@ -834,43 +1088,92 @@ def _plain_config(config):
             if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
 
 
+class _SaveSink:
+    """A file wrapper that keeps the OSError of a failed write: torch.save reports a
+    failed write (ENOSPC, EIO) as a bare RuntimeError."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _write_durably(path, obj):
+    """torch.save `obj` (or write bytes) to the new file `path`, fsynced; OSError on failure."""
+    with open(path, 'xb') as f:
+        sink = _SaveSink(f)
+        try:
+            if isinstance(obj, bytes):
+                sink.write(obj)
+            else:
+                torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def checkpoint_set_bytes(G, D, G_ema=None):
+    """Bytes one checkpoint set takes: every tensor of the models' state dicts, plus
+    Adam's two moments per parameter of G and D (file overhead aside)."""
+    def size(tensors):
+        return sum(t.numel() * t.element_size() for t in tensors)
+    total = sum(size(net.state_dict().values()) for net in (G, D, G_ema) if net is not None)
+    return total + sum(2 * size(net.parameters()) for net in (G, D))
+
+
 def save_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None,
                  G_ema=None, extra_files=None):
     """Write one checkpoint set, crash-safely (see the journal notes above).
 
     state_dict: the training state (itr, epoch, ..., config). extra_files:
-    optional {file name: bytes} committed together with the set.
+    optional {file name: bytes} committed together with the set. On a failed
+    write (a full disk, say) the temporaries are removed, the previous set stays,
+    and CheckpointError says what happened.
     """
     root = os.path.join(weights_root, experiment_name)
-    os.makedirs(root, exist_ok=True)
-    recover_checkpoints(root)
     objects = {'G': G.state_dict(), 'G_optim': G.optim.state_dict(),
                'D': D.state_dict(), 'D_optim': D.optim.state_dict(),
                'state_dict': {**state_dict, 'config': _plain_config(state_dict['config'])}}
     if G_ema is not None:
         objects['G_ema'] = G_ema.state_dict()
-    renames = []
+    files = {os.path.basename(checkpoint_path(root, part, name_suffix)): obj
+             for part, obj in objects.items()}
+    files.update(extra_files or {})
     token = f'{os.getpid()}_{time.monotonic_ns()}'
-    for part, obj in objects.items():
-        final = os.path.basename(checkpoint_path(root, part, name_suffix))
-        tmp = f'{final}{_TMP_TAG}{token}'
-        with open(os.path.join(root, tmp), 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        renames.append((tmp, final))
-    for name, data in (extra_files or {}).items():
-        tmp = f'{name}{_TMP_TAG}{token}'
-        with open(os.path.join(root, tmp), 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        renames.append((tmp, name))
-    _fsync_dir(root)
-    record = os.path.join(root, f".commit_{name_suffix or 'latest'}.json")
-    _atomic_write_bytes(record, json.dumps(renames).encode())
-    _fsync_dir(root)
-    recover_checkpoints(root)
+    renames = [(f'{name}{_TMP_TAG}{token}', name) for name in files]
+    with _writing(root):
+        recover_checkpoints(root)
+        temporaries = [os.path.join(root, tmp) for tmp, _ in renames]
+        try:
+            for path, obj in zip(temporaries, files.values()):
+                _write_durably(path, obj)
+            _fsync_dir(root)
+            # Never commit a set partly: every temporary must still be there.
+            missing = [path for path in temporaries if not os.path.isfile(path)]
+            if missing:
+                raise CheckpointError(f"{', '.join(missing)} vanished before the set was "
+                                      f'committed; the previous set in {root} is intact')
+            _atomic_write_bytes(_record_path(root, name_suffix), json.dumps(renames).encode())
+        except BaseException as err:
+            _remove_quietly(temporaries)
+            if isinstance(err, OSError):
+                raise CheckpointError(
+                    f'{root}: could not write the checkpoint set ({err.strerror or err}); the '
+                    'temporaries were removed and the previous set is intact') from None
+            raise
+        _fsync_dir(root)
+        recover_checkpoints(root)
 
 
 def _legacy_safe_globals():
@@ -879,27 +1182,92 @@ def _legacy_safe_globals():
     return [torch.nn.ReLU]
 
 
-def torch_load(path, map_location='cpu'):
+def unpickling_refusal(err):
+    """Why a weights-only load refused a file, without torch's advice to load it unsafely."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    # torch's text around the reason suggests weights_only=False, which would run the file's code.
+    reasons = [line for line in lines if 'weights_only' not in line.replace(' ', '_').lower()
+               and not line.startswith(('Weights only load failed', 'Check the documentation'))]
+    return reasons[0] if reasons else 'it needs objects outside the allow-list'
+
+
+def torch_load(path, map_location='cpu', name=None):
     """torch.load with weights_only=True, allowing only what legacy files need.
 
+    path: a file name or an open binary file (then `name` names it in messages).
     Anything else that needs unpickling is refused (CheckpointError), without
-    running its code.
+    running its code; so is a file torch cannot parse.
     """
+    name = name or path
     try:
-        with torch.serialization.safe_globals(_legacy_safe_globals()):
+        with torch.serialization.safe_globals(_legacy_safe_globals()), warnings.catch_warnings():
+            # Plain pickles make torch warn about their protocol before refusing them.
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
             return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f'{path} does not exist') from None
+        raise CheckpointError(f'{name} does not exist') from None
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f'{path} holds objects a weights-only load does not allow, so it was not '
-            f'loaded: {str(err).splitlines()[0]}') from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f'{path} is not a readable checkpoint: {err}') from None
+            f'{name} holds objects that a weights-only load does not allow, so it was not '
+            f'loaded ({unpickling_refusal(err)}); this code never unpickles other '
+            'objects') from None
+    except Exception as err:  # garbage makes torch's parser raise anything (KeyError, ...)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f'{name} is not a readable checkpoint ({reason})') from None
 
 
-def _load_module_state(net, path, strict, what):
-    state = torch_load(path)
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value):
+    if isinstance(value, torch.Tensor):  # the released files hold best_FID as a 0-d tensor
+        return value.numel() == 1 and not value.is_complex()
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_STATE_CHECKS = {
+    'itr': (_is_count, 'a non-negative int'),
+    'epoch': (_is_count, 'a non-negative int'),
+    'save_num': (_is_count, 'a non-negative int'),
+    'save_best_num': (_is_count, 'a non-negative int'),
+    'best_IS': (_is_number, 'a number'),
+    'best_FID': (_is_number, 'a number'),
+    'config': (lambda v: isinstance(v, dict), 'a dict'),
+}
+# Written by this code only; optional, so the original's files load.
+_OPTIONAL_STATE_CHECKS = {
+    'rng': (lambda v: v is None or (isinstance(v, dict)
+                                    and {'torch', 'numpy', 'python'} <= set(v)), 'RNG states'),
+    'best_copies': (lambda v: isinstance(v, list) and all(
+        isinstance(e, dict) and {'slot', 'itr', 'IS_mean', 'FID'} <= set(e) for e in v),
+        'a list of best-copy records'),
+    'grad_scalers': (lambda v: v is None or (isinstance(v, dict) and {'G', 'D'} <= set(v)),
+                     'GradScaler states'),
+}
+
+
+def check_training_state(state, path):
+    """Refuse (CheckpointError naming `path`) a state_dict.pth without the training state's
+    keys and types: itr, epoch, save_num, save_best_num ints; best_IS, best_FID numbers;
+    config a dict (plus, when present, this code's rng, best_copies, grad_scalers)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f'{path}: holds a {type(state).__name__}, not the training state (a dict with '
+            f"{', '.join(_STATE_CHECKS)}); restore the experiment's own state_dict.pth")
+    problems = [f'no {key}' for key in _STATE_CHECKS if key not in state]
+    for checks in (_STATE_CHECKS, _OPTIONAL_STATE_CHECKS):
+        problems += [f'{key} is not {what}' for key, (ok, what) in checks.items()
+                     if key in state and not ok(state[key])]
+    if problems:
+        raise CheckpointError(f"{path}: not a training state ({'; '.join(problems[:4])}); "
+                              "restore the experiment's own state_dict.pth")
+    return state
+
+
+def _check_module_state(net, state, path, strict, what):
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise CheckpointError(f'{path}: not a {what} state dict (a dict of tensors)')
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -921,12 +1289,39 @@ def _load_module_state(net, path, strict, what):
     return state
 
 
+def _check_optimizer_state(optim, state, path):
+    """Refuse an optimizer state whose groups or moment shapes do not fit `optim`'s parameters."""
+    if not (isinstance(state, dict) and isinstance(state.get('state'), dict)
+            and isinstance(state.get('param_groups'), list)
+            and all(isinstance(g, dict) and isinstance(g.get('params'), list)
+                    for g in state['param_groups'])):
+        raise CheckpointError(f'{path}: not an optimizer state (a dict with state and '
+                              'param_groups)')
+    own = [len(g['params']) for g in optim.param_groups]
+    saved = [len(g['params']) for g in state['param_groups']]
+    problems = [] if own == saved else [f'parameter groups of {saved} parameters, expected {own}']
+    params = {pid: p for g, own_g in zip(state['param_groups'], optim.param_groups)
+              for pid, p in zip(g['params'], own_g['params'])}
+    for pid, entry in state['state'].items():
+        if pid not in params or not isinstance(entry, dict):
+            problems.append(f'state for an unknown parameter {pid!r}')
+            continue
+        for key, value in entry.items():
+            shape = tuple(params[pid].shape)
+            if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != shape:
+                problems.append(f'{key} of parameter {pid} is {tuple(value.shape)}, not {shape}')
+    if problems:
+        raise CheckpointError(f"{path} does not fit the optimizer built from these flags "
+                              f"({'; '.join(problems[:2])}); use the flags the checkpoint was "
+                              'trained with')
+    return state
+
+
 def checkpoint_exists(weights_root, experiment_name, name_suffix=None):
-    """Whether a complete set's G and state_dict files exist."""
+    """Whether the last committed set has its G and state_dict files (reads only)."""
     root = os.path.join(weights_root, experiment_name)
-    recover_checkpoints(root)
-    return all(os.path.isfile(checkpoint_path(root, part, name_suffix))
-               for part in ('G', 'state_dict'))
+    _, view = _committed_view(root, name_suffix, ('G', 'state_dict'))
+    return all(path is not None for path, _ in view.values())
 
 
 def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None,
@@ -935,45 +1330,118 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
 
     Keys of the saved state dict that `state_dict` also has are copied into it;
     itr, epoch and the like therefore resume. Any of G, D, G_ema may be None.
-    Raises CheckpointError naming the file when one is missing or does not fit.
+    Reads the last committed set and changes nothing on disk. Every file is
+    checked before any model is touched; CheckpointError names the file that is
+    missing or does not fit.
     """
     root = os.path.join(weights_root, experiment_name)
-    if not checkpoint_exists(weights_root, experiment_name, name_suffix):
+    nets = [(net, part) for net, part in ((G, 'G'), (D, 'D'), (G_ema, 'G_ema')) if net is not None]
+    parts = ['state_dict'] + [part for _, part in nets]
+    if load_optim:
+        parts += [f'{part}_optim' for _, part in nets if part != 'G_ema']
+    loaded = load_checkpoint_set(weights_root, experiment_name, name_suffix, parts)
+    path = {part: checkpoint_path(root, part, name_suffix) for part in parts}
+    first = parts[1] if len(parts) > 1 else 'G'
+    if loaded['state_dict'] is None or loaded.get(first, True) is None:
         raise CheckpointError(
-            f"no checkpoint {join_strings('_', ['G', name_suffix])}.pth with its state_dict in "
-            f'{root}: check --weights_root, --experiment_name and --load_weights')
-    # Read and check everything before touching any model, so a bad file changes nothing.
-    loaded = torch_load(checkpoint_path(root, 'state_dict', name_suffix))
+            f"no checkpoint {join_strings('_', [first, name_suffix])}.pth with its state_dict "
+            f'in {root}: check --weights_root, --experiment_name and --load_weights')
+    for part in parts:
+        if loaded[part] is None:
+            raise CheckpointError(f'{path[part]} does not exist: the checkpoint set in {root} '
+                                  'is incomplete')
+    saved = check_training_state(loaded['state_dict'], path['state_dict'])
     updates = []
-    for net, part in ((G, 'G'), (D, 'D'), (G_ema, 'G_ema')):
-        if net is None:
-            continue
-        updates.append((net, _load_module_state(net, checkpoint_path(root, part, name_suffix),
-                                                strict, part)))
+    for net, part in nets:
+        updates.append((net, _check_module_state(net, loaded[part], path[part], strict, part)))
         if load_optim and part != 'G_ema':
-            updates.append((net.optim, torch_load(checkpoint_path(root, f'{part}_optim',
-                                                                  name_suffix))))
+            updates.append((net.optim, _check_optimizer_state(
+                net.optim, loaded[f'{part}_optim'], path[f'{part}_optim'])))
     for target, state in updates:
         if isinstance(target, nn.Module):
             target.load_state_dict(state, strict=strict)
         else:
             target.load_state_dict(state)
     for key in state_dict:
-        if key in loaded and key != 'config':
-            state_dict[key] = loaded[key]
-    return loaded
+        if key in saved and key != 'config':
+            state_dict[key] = saved[key]
+    return saved
+
+
+def _nearest_existing(path):
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_writable(path, flag):
+    """Refuse (OutputError naming `flag`) a folder that cannot be created or written:
+    `path` if it exists, else the nearest folder above it (where it would be made)."""
+    folder = _nearest_existing(path)
+    if not os.path.isdir(folder):
+        raise OutputError(f'{flag} {path}: {folder} is a file, not a folder')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f'{flag} {path}: {folder} is not writable (permission denied or a '
+                          f'read-only file system); fix its permissions or choose another {flag}')
+    return folder
+
+
+def check_outputs(config, experiment_name, set_bytes):
+    """Refuse, before training, output folders that cannot be written and a weights folder
+    whose file system has no room for one more checkpoint set of `set_bytes`."""
+    weights = check_writable(os.path.join(config['weights_root'], experiment_name),
+                             '--weights_root')
+    check_writable(config['logs_root'], '--logs_root')
+    check_writable(config['samples_root'], '--samples_root')
+    # Room for the new set's temporaries beside the old set, with a margin for file overhead.
+    need = int(set_bytes * 1.05) + (1 << 20)
+    free = shutil.disk_usage(weights).free
+    if free < need:
+        raise OutputError(f"--weights_root {config['weights_root']}: {free / 2**20:.1f} MiB free "
+                          f'on its file system, but one checkpoint set needs {need / 2**20:.1f} '
+                          'MiB; free some space or choose another --weights_root')
+
+
+# Errors of a full or read-only disk, met while writing outputs during training.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 # ---------------------------------------------------------------------------
 # Logs
 # ---------------------------------------------------------------------------
-class MetricsLogger:
-    """Appends one JSON record per call to `fname` (logs/<exp>_log.jsonl), with _stamp."""
+def _cut_log(path, keep):
+    """Rewrite the log at `path` with only the lines for which keep(line) holds, atomically."""
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if keep(line)]
+    if len(kept) != len(lines):
+        with dset.partial_output(path) as tmp, open(tmp, 'w') as f:
+            f.writelines(kept)
 
-    def __init__(self, fname, reinitialize=False):
+
+def _itr_at_most(itr, parse):
+    def keep(line):
+        try:
+            return parse(line) <= itr
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return True  # not a line this code wrote: leave it
+    return keep
+
+
+class MetricsLogger:
+    """Appends one JSON record per call to `fname` (logs/<exp>_log.jsonl), with _stamp.
+
+    start_itr (on resume): rows after that iteration, written by a run that died
+    before its next checkpoint, are dropped, so the resumed run does not repeat them.
+    """
+
+    def __init__(self, fname, reinitialize=False, start_itr=None):
         self.fname = fname
         if reinitialize and os.path.exists(fname):
             os.remove(fname)
+        elif start_itr is not None and os.path.isfile(fname):
+            _cut_log(fname, _itr_at_most(start_itr, lambda line: int(json.loads(line)['itr'])))
 
     def log(self, record=None, **kwargs):
         record = {**(record or {}), **kwargs, '_stamp': time.time()}
@@ -982,14 +1450,23 @@ class MetricsLogger:
 
 
 class MyLogger:
-    """Per-metric text logs: logs/<exp>/<metric>.log with lines 'itr: value'."""
+    """Per-metric text logs: logs/<exp>/<metric>.log with lines 'itr: value'.
 
-    def __init__(self, fname, reinitialize=False, logstyle='%3.3f'):
+    start_itr (on resume): lines after that iteration are cut from every log
+    first, so a run resumed after a crash continues its logs without repeats.
+    """
+
+    def __init__(self, fname, reinitialize=False, logstyle='%3.3f', start_itr=None):
         self.root = fname
         os.makedirs(self.root, exist_ok=True)
         self.reinitialize = reinitialize
         self.metrics = set()
         self.logstyle = logstyle
+        if start_itr is not None and not reinitialize:
+            for name in sorted(os.listdir(self.root)):
+                if name.endswith('.log'):
+                    _cut_log(os.path.join(self.root, name),
+                             _itr_at_most(start_itr, lambda line: int(line.split(':', 1)[0])))
 
     def log(self, itr, **kwargs):
         self.log_many([itr], {k: [v] for k, v in kwargs.items()})
@@ -1072,8 +1549,11 @@ def sample(G, z_, y_, config):
 def save_sheet(images, path, nrow):
     """Write images (N, 3, H, W) in [-1, 1] as one grid image at `path`."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torchvision.utils.save_image(images.float().cpu(), path, nrow=nrow, normalize=True,
-                                 value_range=(-1, 1))
+    image_format = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
+    # Atomic: a run killed mid-write leaves the previous sheet (or none), not a torn one.
+    with dset.partial_output(path) as tmp:
+        torchvision.utils.save_image(images.float().cpu(), tmp, nrow=nrow, normalize=True,
+                                     value_range=(-1, 1), format=image_format)
 
 
 def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,

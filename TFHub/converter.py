@@ -628,6 +628,13 @@ def parse_args(argv=None):
 def main(argv=None):
     """Dump, convert and optionally sample each requested module; exits 2 on bad input."""
     args = parse_args(argv)
+    for flag, folder in (('--weights_dir', args.weights_dir),
+                         ('--samples_dir', args.samples_dir if args.generate_samples else None)):
+        if folder:
+            try:
+                utils.check_writable(folder, flag)
+            except utils.OutputError as err:
+                utils.fail(str(err))
     os.makedirs(args.weights_dir, exist_ok=True)
     for resolution in ([args.resolution] if args.resolution else RESOLUTIONS):
         try:

@@ -72,7 +72,7 @@ def _finite(value):
 def read_jsonl(path, notes):
     """Rows of a metric log, sorted by itr; malformed lines are skipped with a note."""
     rows, bad = [], 0
-    with open(path) as f:
+    with open(path, errors='replace') as f:  # bytes that are not text: malformed lines
         for line in f:
             if not line.strip():
                 continue
@@ -91,7 +91,7 @@ def read_jsonl(path, notes):
 def read_metric_log(path, notes):
     """(itrs, values) of one `<itr>: <value>` log, sorted by itr."""
     points, bad = [], 0
-    with open(path) as f:
+    with open(path, errors='replace') as f:  # bytes that are not text: malformed lines
         for line in f:
             if not line.strip():
                 continue
@@ -307,13 +307,20 @@ def main(argv=None):
             experiments.append(resolve(arg, args.logs_root))
         except FileNotFoundError as err:
             errors.append(str(err))
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        errors.append(f'--out {args.out}: a file, not a folder; give a folder for the plots')
     if errors:
         for error in errors:
             print(f'error: {error}', file=sys.stderr)
         return 2
     _unique_names(experiments)
     for exp in experiments:
-        load(exp)
+        try:
+            load(exp)
+        except OSError as err:
+            print(f'error: {err.filename}: cannot read this log ({err.strerror})',
+                  file=sys.stderr)
+            return 2
         # A missing metric log is said once, in the summary line.
         if exp.folder is None:
             exp.notes.append(f'{exp.name}: no log folder {exp.name}/; losses and singular '
@@ -323,7 +330,11 @@ def main(argv=None):
         for note in exp.notes:
             print(f'note: {note}', file=sys.stderr)
 
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as err:
+        print(f'error: --out {args.out}: cannot create it ({err.strerror})', file=sys.stderr)
+        return 2
     written = []
     if any(exp.rows for exp in experiments):
         written.append(os.path.join(args.out, 'IS_FID.png'))

@@ -76,10 +76,28 @@ def test_derived_keys():
     (['--G_param', 'SVD'], '--G_param SVD'),
     (['--logstyle', 'fancy'], '--logstyle fancy'),
     (['--G_ch', '1', '--G_attn', '32'], 'needs at least 8 channels'),
+    (['--save_every', '0'], '--save_every 0: must be at least 1'),
+    (['--num_workers', '-1'], '--num_workers -1: must not be negative'),
+    (['--G_lr', '-0.001'], '--G_lr -0.001: must not be negative'),
+    (['--D_lr', '-1'], '--D_lr -1.0: must not be negative'),
+    (['--seed', '-1'], '--seed -1: must lie in'),
+    (['--num_epochs', '0', '--num_iters', '0'], '--num_epochs 0: must be at least 1'),
 ])
 def test_bad_flags_fail_before_building_with_the_flag_named(argv, message):
     with pytest.raises(utils.ConfigError, match=message.replace('-', r'\-')):
         tiny_config(*argv)
+
+
+def test_base_root_says_which_given_roots_it_replaces(capsys):
+    config = utils.parse_config(utils.prepare_parser(), [
+        '--dataset', 'I128', '--base_root', '/tmp/b', '--data_root', '/mnt/imagenet',
+        '--logs_root', 'mylogs'])
+    assert config['data_root'] == '/tmp/b/data' and config['logs_root'] == '/tmp/b/logs'
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and '--base_root /tmp/b' in lines[0]
+    assert 'ignoring --data_root /mnt/imagenet, --logs_root mylogs' in lines[0]
+    utils.parse_config(utils.prepare_parser(), ['--dataset', 'I128', '--base_root', '/tmp/b'])
+    assert capsys.readouterr().err == ''  # nothing given, nothing to say
 
 
 def test_bad_flags_exit_2_with_message_through_the_parser(capsys):

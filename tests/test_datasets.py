@@ -153,6 +153,68 @@ def test_image_index_cache_does_not_trust_racy_timestamps(tmp_path):
     assert len(dset.get_dataset('I32', tmp_path)) == len(first) + 1
 
 
+def _jpeg_bytes(size=64):
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), np.uint8)).save(
+        buf, 'JPEG')
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize('name, data', [
+    ('truncated.jpg', _jpeg_bytes()[:600]),
+    ('junk.png', b'\x89PNG\r\n\x1a\n not really'),
+    ('empty.jpg', b''),
+])
+def test_unreadable_images_are_refused_before_any_item_is_loaded(tmp_path, name, data):
+    make_image_folder(tmp_path)
+    (tmp_path / 'ImageNet' / 'cat' / name).write_bytes(data)
+    age_tree(tmp_path / 'ImageNet')
+    before = _listing(tmp_path)
+    with pytest.raises(dset.DataError, match=f'cat/{name}: cannot read this image'):
+        dset.get_dataset('I32', tmp_path)
+    # No index is cached for a folder with a bad image: the next run checks it again.
+    assert _listing(tmp_path) == before
+
+
+def test_images_are_checked_once_per_index(tmp_path, monkeypatch):
+    make_image_folder(tmp_path)
+    age_tree(tmp_path / 'ImageNet')
+    checked = []
+    real = dset._image_problem
+    monkeypatch.setattr(dset, '_image_problem', lambda path: checked.append(path) or real(path))
+    dset.get_dataset('I32', tmp_path)
+    assert len(checked) == sum(len(v) for v in FOLDER_SIZES.values())
+    assert dset.get_dataset('I32', tmp_path).index_from_cache
+    assert len(checked) == sum(len(v) for v in FOLDER_SIZES.values())
+
+
+def test_partial_output_removes_only_dead_writers_temporaries(tmp_path):
+    import fcntl
+    path = tmp_path / 'out.bin'
+    old = os.stat(tmp_path).st_mtime - 3600
+    names = {'dead': 'out.bin.0badf00d.part', 'young': 'out.bin.12345678.part',
+             'live': 'out.bin.cafebabe.part', 'other': 'other.bin.0badf00d.part'}
+    for key, name in names.items():
+        (tmp_path / name).write_bytes(b'x')
+        if key != 'young':
+            os.utime(tmp_path / name, (old, old))
+    with open(tmp_path / names['live'], 'rb') as live:
+        fcntl.flock(live, fcntl.LOCK_EX)  # its writer is still at work
+        with dset.partial_output(str(path)) as tmp, open(tmp, 'wb') as f:
+            f.write(b'done')
+    assert path.read_bytes() == b'done'
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ['out.bin', names['young'], names['live'], names['other']])
+    with pytest.raises(KeyboardInterrupt):
+        with dset.partial_output(str(path)) as tmp, open(tmp, 'wb') as f:
+            f.write(b'half')
+            raise KeyboardInterrupt
+    # A failed write leaves the old file; the unlocked 'live' leftover has now gone too.
+    assert path.read_bytes() == b'done'
+    assert sorted(os.listdir(tmp_path)) == sorted(['out.bin', names['young'], names['other']])
+
+
 def test_image_folder_refuses_non_image_file(tmp_path):
     make_image_folder(tmp_path)
     (tmp_path / 'ImageNet' / 'cat' / 'notes.txt').write_text('hello')
@@ -163,11 +225,12 @@ def test_image_folder_refuses_non_image_file(tmp_path):
     assert _listing(tmp_path) == before
 
 
-def test_corrupt_image_names_the_file_also_from_a_worker(tmp_path):
-    make_image_folder(tmp_path, {'a': [(40, 40)]})
+def test_image_corrupted_after_indexing_names_the_file_also_from_a_worker(tmp_path):
+    make_image_folder(tmp_path, {'a': [(40, 40), (40, 40)]})
     bad = tmp_path / 'ImageNet' / 'a' / 'bad.png'
-    bad.write_bytes(b'not a png at all')
+    os.replace(tmp_path / 'ImageNet' / 'a' / '001.png', bad)
     ds = dset.get_dataset('I32', tmp_path)
+    bad.write_bytes(b'not a png at all')  # after the up-front check: found when loaded
     index = [os.fsdecode(p) for p in ds.paths].index(os.path.join('a', 'bad.png'))
     with pytest.raises(dset.DataError, match='bad.png: cannot read this image'):
         ds[index]

@@ -4,6 +4,7 @@ Every network here carries random weights written by the tests (nothing is downl
 these check layouts, equivalences and plumbing, never how good a score is.
 """
 import json
+import os
 import urllib.error
 from pathlib import Path
 
@@ -600,9 +601,58 @@ def test_cli_reports_bad_inputs_with_status_2(tmp_path, weights, capsys):
     assert iu.main(['--samples', str(tmp_path / 'float.npz'), '--network', 'tf',
                     '--weights_path', str(weights['tf'])]) == 2
     assert 'expected uint8 images' in capsys.readouterr().err
+    # The samples are read before the network loads: bad samples are named even then.
     assert iu.main(['--samples', str(tmp_path / 'float.npz'), '--network', 'tf',
+                    '--weights_path', str(tmp_path / 'none.pth')]) == 2
+    assert 'expected uint8 images' in capsys.readouterr().err
+    np.savez(tmp_path / 'uint8.npz', x=np.zeros((2, 32, 32, 3), np.uint8))
+    assert iu.main(['--samples', str(tmp_path / 'uint8.npz'), '--network', 'tf',
                     '--weights_path', str(tmp_path / 'none.pth')]) == 2
     assert 'none.pth: no such file' in capsys.readouterr().err
     with pytest.raises(SystemExit) as err:
         iu.main(['--samples', str(tmp_path / 'float.npz'), '--reference', str(tmp_path / 'x')])
     assert err.value.code == 2 and '--reference' in capsys.readouterr().err
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f'touch {_Evil.marker}',))
+
+
+def test_readers_name_the_file_and_never_suggest_an_unsafe_load(tmp_path):
+    _Evil.marker = tmp_path / 'pwned'
+    np.savez(tmp_path / 'objects.npz', x=np.array([{'a': 1}], dtype=object),
+             mu=np.array([None], dtype=object), sigma=np.zeros((1, 1)))
+    (tmp_path / 'text.npz').write_text('hello')
+    np.save(tmp_path / 'single.npy', np.zeros(3))
+    for path in ('objects.npz', 'text.npz', 'single.npy'):
+        for read in (lambda p: iu.npz_image_batches(p, 2), iu.load_moments):
+            with pytest.raises(ValueError) as err:
+                read(str(tmp_path / path))
+            assert str(err.value).startswith(str(tmp_path / path))
+            assert 'allow_pickle' not in str(err.value) and 'unsafe' not in str(err.value)
+    torch.save({'w': _Evil()}, tmp_path / 'evil.pth')
+    with pytest.raises(iu.InceptionWeightsUnavailable) as err:
+        iu.load_inception_state_dict('tf', str(tmp_path / 'evil.pth'))
+    assert str(tmp_path / 'evil.pth') in str(err.value) and 'weights-only' in str(err.value)
+    assert 'weights_only' not in str(err.value) and not _Evil.marker.exists()
+
+
+def test_a_corrupt_image_in_a_sample_folder_is_named(tmp_path):
+    from PIL import Image
+    Image.new('RGB', (8, 8)).save(tmp_path / 'a.png')
+    (tmp_path / 'b.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+    count, batches = iu.folder_image_batches(str(tmp_path), 4)
+    assert count == 2
+    with pytest.raises(ValueError, match='b.png: cannot read this image'):
+        list(batches)
+
+
+def test_saving_moments_removes_a_killed_writers_temporary(tmp_path):
+    path = tmp_path / 'C10_inception_moments.npz'
+    stale = tmp_path / 'C10_inception_moments.npz.0badf00d.part'
+    stale.write_bytes(b'half written')
+    old = os.stat(tmp_path).st_mtime - 3600
+    os.utime(stale, (old, old))
+    iu.save_moments(str(path), np.zeros(3), np.eye(3))
+    assert os.listdir(tmp_path) == [path.name]

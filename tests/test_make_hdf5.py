@@ -162,3 +162,12 @@ def test_parser_keeps_the_original_flags():
             config['compression']) == (256, 16, 500, 'none')
     assert vars(parser.parse_args(['--compression']))['compression'] == 'lzf'
     assert vars(parser.parse_args(['--compression', 'gzip']))['compression'] == 'gzip'
+
+
+def test_a_killed_run_leaves_a_temporary_that_the_next_run_removes(tmp_path):
+    stale = tmp_path / 'Digits32.hdf5.0badf00d.part'
+    stale.write_bytes(b'half an HDF5 file from a run killed with -9')
+    old = os.stat(tmp_path).st_mtime - 3600
+    os.utime(stale, (old, old))
+    make_hdf5.make_hdf5('Digits32', tmp_path, batch_size=50, num_workers=0, max_images=50)
+    assert os.listdir(tmp_path) == ['Digits32.hdf5']

@@ -1,8 +1,12 @@
 """train.py end to end at tiny widths: outputs, exact resume, and refusals of bad input."""
+import errno
 import io
+import json
 import os
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -205,3 +209,188 @@ def test_saving_more_often_changes_neither_the_trajectory_nor_the_sheets(tmp_pat
     for name in ('fixed_samples4.jpg', '4/samples0.jpg', '4/interpY0.jpg'):
         assert (often / 'samples' / 'exp' / name).read_bytes() == \
             (rarely / 'samples' / 'exp' / name).read_bytes(), name
+
+
+# ---------------------------------------------------------------------------
+# One writer per experiment; readers change nothing
+# ---------------------------------------------------------------------------
+# train.py with every fsync slowed down, so that each save's in-flight window is wide.
+_SLOW_FSYNC = '''
+import os, runpy, sys, time
+real_fsync = os.fsync
+def slow_fsync(fd):
+    time.sleep(float(os.environ['FSYNC_DELAY']))
+    real_fsync(fd)
+os.fsync = slow_fsync
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+
+
+def test_a_polling_reader_and_a_second_trainer_leave_a_running_experiment_alone(
+        tmp_path, capsys, monkeypatch):
+    flags = BASE + ['--base_root', str(tmp_path), '--ema', '--save_every', '1',
+                    '--num_save_copies', '10']
+    writer = subprocess.Popen(
+        [sys.executable, '-c', _SLOW_FSYNC, 'train.py', *flags, '--num_iters', '4'], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, 'FSYNC_DELAY': '0.03', 'OMP_NUM_THREADS': '1'})
+    root = tmp_path / 'weights' / 'exp'
+    lock_file = root / '.lock'
+    while not (lock_file.is_file() and lock_file.read_text().split()[:1] == [str(writer.pid)]):
+        assert writer.poll() is None, writer.communicate()
+        time.sleep(0.05)
+    # A second trainer on the same experiment is refused, naming the folder and the holder.
+    with pytest.raises(SystemExit) as err:
+        train.main(flags + ['--num_iters', '4', '--resume'])
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and str(root) in message and f'pid {writer.pid}' in message
+    # A reader polls the experiment while it trains: every set it reads is one save's.
+    seen = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ('remove', 'unlink', 'replace', 'rename', 'rmdir'):
+            mp.setattr(os, name, lambda *a, **k: pytest.fail(f'a reader changed {a}'))
+        while writer.poll() is None:
+            if utils.checkpoint_exists(str(tmp_path / 'weights'), 'exp'):
+                loaded = utils.load_checkpoint_set(str(tmp_path / 'weights'), 'exp')
+                seen.setdefault(loaded['state_dict']['itr'], []).append(loaded)
+            time.sleep(0.02)
+    out, errors = writer.communicate()
+    assert writer.returncode == 0, errors[-2000:]
+    assert len(seen) >= 2, sorted(seen)  # the reader did meet the run at work
+    # Copy k-1 holds iteration k: each read equals the set committed at its iteration.
+    for itr, reads in seen.items():
+        committed = utils.load_checkpoint_set(str(tmp_path / 'weights'), 'exp', f'copy{itr - 1}')
+        assert committed['state_dict']['itr'] == itr
+        parts = ('G', 'D', 'G_ema', 'G_optim', 'D_optim')
+        for loaded in reads:
+            _assert_identical({p: loaded[p] for p in parts}, {p: committed[p] for p in parts})
+    # The trainer finished with one consistent set and nothing in flight.
+    final = utils.load_checkpoint_set(str(tmp_path / 'weights'), 'exp')
+    assert final['state_dict']['itr'] == 4
+    assert not [n for n in os.listdir(root) if n.startswith('.') or 'partial' in n]
+
+
+# ---------------------------------------------------------------------------
+# Outputs checked before training; a full disk during a save
+# ---------------------------------------------------------------------------
+def test_too_little_space_for_a_checkpoint_set_is_refused_before_training(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(utils.shutil, 'disk_usage',
+                        lambda path: SimpleNamespace(total=10**12, used=10**12, free=50_000))
+    _expect_refusal(capsys, tmp_path, ['--num_iters', '2'], 'one checkpoint set needs')
+
+
+class _Killed(BaseException):
+    """Stands for a kill -9 at that point: nothing may catch it."""
+
+
+def test_full_disk_during_a_save_exits_in_one_line_and_keeps_the_previous_set(
+        tmp_path, capsys, monkeypatch):
+    flags = BASE + ['--base_root', str(tmp_path), '--save_every', '1']
+    train.main(flags + ['--num_iters', '1'])
+    root = tmp_path / 'weights' / 'exp'
+    files = {name: (root / name).read_bytes() for name in os.listdir(root)}
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and 'itr' in obj and obj['itr'] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, 'save', full_disk)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        train.main(flags + ['--num_iters', '3', '--resume'])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert err.value.code == 2 and 'No space left on device' in lines[-1]
+    assert 'previous set is intact' in lines[-1]
+    assert {name: (root / name).read_bytes() for name in os.listdir(root)} == files
+
+
+# ---------------------------------------------------------------------------
+# What a crash leaves: logs, temporaries, copy slots, sheets
+# ---------------------------------------------------------------------------
+def _kill_at_save(monkeypatch, itr, suffix='any'):
+    """Make the save of iteration `itr` die (for suffix 'any', before anything is saved;
+    else when utils.save_weights is called with that suffix)."""
+    import train_fns
+    real_save_and_sample, real_save_weights = train_fns.save_and_sample, utils.save_weights
+
+    def save_and_sample(G, D, G_ema, z_, y_, fz, fy, state_dict, *args, **kwargs):
+        if state_dict['itr'] == itr and suffix == 'any':
+            raise _Killed()
+        return real_save_and_sample(G, D, G_ema, z_, y_, fz, fy, state_dict, *args, **kwargs)
+
+    def save_weights(G, D, state_dict, root, name, name_suffix=None, *args, **kwargs):
+        if state_dict['itr'] == itr and name_suffix == suffix:
+            raise _Killed()
+        return real_save_weights(G, D, state_dict, root, name, name_suffix, *args, **kwargs)
+    monkeypatch.setattr(train_fns, 'save_and_sample', save_and_sample)
+    monkeypatch.setattr(utils, 'save_weights', save_weights)
+
+
+def test_resume_after_a_crash_cuts_the_logs_and_removes_stale_temporaries(
+        tmp_path, monkeypatch):
+    with monkeypatch.context() as mp:
+        _kill_at_save(mp, 4)
+        with pytest.raises(_Killed):
+            train.run(_config(tmp_path, '--num_iters', '4', '--save_every', '2'),
+                      log=lambda m: None)
+    logs = tmp_path / 'logs' / 'exp'
+    # The dead run logged iterations 3 and 4, past its last checkpoint (2).
+    assert _itrs(logs / 'G_loss.log') == [1, 2, 3, 4]
+    root = tmp_path / 'weights' / 'exp'
+    stale = root / 'G.pth.partial4242_1'
+    stale.write_bytes(b'left by a killed save')
+    train.run(_config(tmp_path, '--num_iters', '4', '--save_every', '2', '--resume'),
+              log=lambda m: None)
+    for name in ('G_loss.log', 'D_loss_real.log', 'G_linear_sv0.log'):
+        expected = [1, 2, 3, 4] if 'loss' in name else [2, 4]
+        assert _itrs(logs / name) == expected, name
+    assert not stale.exists()
+
+
+def _itrs(path):
+    return [int(line.split(':')[0]) for line in path.read_text().splitlines()]
+
+
+def test_metrics_log_is_cut_back_to_the_resumed_iteration(tmp_path):
+    path = tmp_path / 'exp_log.jsonl'
+    log = utils.MetricsLogger(str(path))
+    for itr in (2, 4, 6):
+        log.log(itr=itr, IS_mean=1.0)
+    utils.MetricsLogger(str(path), start_itr=4)
+    assert [json.loads(line)['itr'] for line in path.read_text().splitlines()] == [2, 4]
+
+
+def test_a_kill_between_the_copy_and_the_latest_commit_skips_no_copy_slot(
+        tmp_path, monkeypatch):
+    flags = ['--save_every', '1', '--num_save_copies', '2']
+    with monkeypatch.context() as mp:
+        _kill_at_save(mp, 2, suffix=None)  # copy1 of iteration 2 is committed, latest is not
+        with pytest.raises(_Killed):
+            train.run(_config(tmp_path, '--num_iters', '3', *flags), log=lambda m: None)
+    train.run(_config(tmp_path, '--num_iters', '3', '--resume', *flags), log=lambda m: None)
+    weights = str(tmp_path / 'weights')
+    itrs = {suffix: utils.load_checkpoint_set(weights, 'exp', suffix, ('state_dict',))[
+        'state_dict']['itr'] for suffix in (None, 'copy0', 'copy1')}
+    assert itrs == {None: 3, 'copy0': 3, 'copy1': 2}
+
+
+def test_sample_sheets_are_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / 'samples' / 'fixed_samples1.jpg'
+    images = torch.rand(4, 3, 8, 8) * 2 - 1
+    utils.save_sheet(images, str(path), nrow=2)
+    good = path.read_bytes()
+    real = utils.torchvision.utils.save_image
+
+    def dies_half_way(tensor, fp, **kwargs):
+        real(tensor, fp, **kwargs)
+        with open(fp, 'r+b') as f:
+            f.truncate(0)  # a torn write ...
+        raise _Killed()    # ... and the process dies
+    monkeypatch.setattr(utils.torchvision.utils, 'save_image', dies_half_way)
+    with pytest.raises(_Killed):
+        utils.save_sheet(-images, str(path), nrow=2)
+    assert path.read_bytes() == good
+    assert os.listdir(path.parent) == ['fixed_samples1.jpg']
