@@ -3,13 +3,17 @@ density and coverage, intra-class FID; a loader for reference statistics; a tabl
 
 Every function takes real and generated features as torch tensors or numpy arrays, (N, D), in
 that order (real, fake), and computes on the device of the first tensor among them (the CPU for
-numpy). Distances, kernels and sums are float64 by default (`dtype`), so the results are the
-definitions' values to float64 rounding, not float32 approximations of them.
+numpy). By default (`dtype` float64) everything is float64, so the results are the
+definitions' values to float64 rounding even for float32 features. With dtype=torch.float32 the
+products (Gram and distance tiles) run in float32, about twice as fast on a CPU; KID's kernels
+and all sums and counts stay float64.
 
 Nothing allocates an N x N matrix: pairwise distances and kernels are built in tiles of
-`chunk_size` x `chunk_size` rows, reduced tile by tile (k-NN radii by a running top-k, counts by
-running sums). Beyond the `dtype` copies of the features (N x D each), peak memory is about
-3 tiles: 3 * chunk_size**2 * 8 bytes, 100 MB at the default 2048, whatever N is.
+`chunk_size` x `chunk_size`, reduced tile by tile (k-NN radii by a running top-k, counts by
+running sums); a set against itself computes each tile pair once (symmetry). Features are
+converted to `dtype` a tile at a time, never as a whole: beyond the features themselves and
+O(N) vectors, peak memory is a few tiles, about 3 * chunk_size**2 * 8 bytes (100 MB at the
+default 2048), whatever N is.
 
 - KID (Binkowski et al. 2018): the unbiased MMD^2 between real and generated features with the
   kernel k(x, y) = (x.y / D + 1)^3, averaged over random subsets; subsets are drawn as
@@ -60,15 +64,16 @@ def _device_of(*arrays):
     return torch.device('cpu')
 
 
-def _features(x, name, device, dtype, dim=None):
-    """x as a (N, D) `dtype` tensor on `device`; ValueError naming `name` when malformed."""
+def _features(x, name, device, dim=None):
+    """x as a (N, D) floating tensor on `device`, in its own dtype (the computations convert it
+    tile by tile, so no converted copy of all features is made); ValueError naming `name`."""
     x = torch.as_tensor(x).detach()
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f'{name} has shape {tuple(x.shape)}; expected features (N, D)')
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f'{name} has {x.shape[1]}-d features, the other side {dim}-d: both '
                          'must come from the same network layer')
-    x = x.to(device=device, dtype=dtype)
+    x = x.to(device=device, dtype=None if x.is_floating_point() else torch.float64)
     if not torch.isfinite(x).all():
         raise ValueError(f'{name} has non-finite entries (NaN or inf): the features behind it '
                          'are broken (check the generator output)')
@@ -84,10 +89,10 @@ def _labels(y, name, count, device):
     return y.to(device=device, dtype=torch.long)
 
 
-def _pair(real, fake, dtype):
+def _pair(real, fake):
     device = _device_of(real, fake)
-    real = _features(real, 'real features', device, dtype)
-    return real, _features(fake, 'generated features', device, dtype, dim=real.shape[1])
+    real = _features(real, 'real features', device)
+    return real, _features(fake, 'generated features', device, dim=real.shape[1])
 
 
 # ---------------------------------------------------------------------------
@@ -99,34 +104,61 @@ def _tiles(n, chunk_size):
     return [slice(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
 
 
-def _squared_distances(a, a_sq, b, b_sq):
-    """||a_i - b_j||^2 for a: (n, D), b: (m, D) with their squared norms -> (n, m), >= 0."""
-    d = a @ b.T
-    return d.mul_(-2.0).add_(a_sq[:, None]).add_(b_sq[None, :]).clamp_(min=0.0)
+def _gram(a, b=None):
+    """a @ b.T, or a @ a.T when b is None: (n, m). On the CPU a @ a.T goes through numpy, whose
+    matmul runs BLAS syrk (half the flops) for a matrix times its own transpose; torch's runs
+    a full gemm."""
+    if b is not None:
+        return a @ b.T
+    if a.device.type == 'cpu':
+        a = a.contiguous().numpy()
+        return torch.from_numpy(a @ a.T)
+    return a @ a.T
 
 
-def _kth_neighbour_sq(x, ks, chunk_size):
-    """Squared distance of each row of x: (N, D) to its k-th nearest other row, for each k in
-    `ks` -> (len(ks), N). A row's own distance is exactly 0 and is not counted; duplicates are.
-    Keeps a running top-(max k + 1) per row over column tiles: memory is O(chunk_size**2)."""
+def _squared_norms(x, tiles, dtype):
+    """(N,) squared norms of the rows of x converted to `dtype`, tile by tile."""
+    return torch.cat([(t * t).sum(1) for t in (x[rows].to(dtype) for rows in tiles)])
+
+
+def _squared_distances(a, a_sq, b=None, b_sq=None):
+    """||a_i - b_j||^2 for a: (n, D), b: (m, D) with their squared norms -> (n, m), >= 0.
+    With b None, a against itself: its diagonal (each row to itself) is exactly 0."""
+    d = _gram(a, b)
+    d.mul_(-2.0).add_(a_sq[:, None]).add_((a_sq if b is None else b_sq)[None, :]).clamp_(min=0.0)
+    if b is None:
+        d.diagonal().zero_()
+    return d
+
+
+def _kth_neighbour_sq(x, ks, chunk_size, dtype):
+    """Squared distance of each row of x: (N, D), in `dtype`, to its k-th nearest other row,
+    for each k in `ks` -> (len(ks), N). A row's own distance is not counted; a duplicate's (0) is.
+
+    Keeps a running top-(max k + 1) per row. The distance matrix is symmetric: each off-diagonal
+    tile is computed once and serves its rows and, transposed, its columns. Memory: a few
+    chunk_size**2 tiles and N * (max k + 1) values."""
     n = x.shape[0]
     if max(ks) >= n:
         raise ValueError(f'k-NN radii with k = {max(ks)} need more than {max(ks)} samples, '
                          f'got {n}')
-    x_sq = (x * x).sum(1)
     keep = max(ks) + 1
-    radii = x.new_empty(len(ks), n)
     tiles = _tiles(n, chunk_size)
-    for rows in tiles:
-        best = None
-        for cols in tiles:
-            d = _squared_distances(x[rows], x_sq[rows], x[cols], x_sq[cols])
-            if cols == rows:  # the tile on the diagonal holds each row's distance to itself
-                d.diagonal().zero_()
-            best = d if best is None else torch.cat([best, d], 1)
-            best = best.topk(min(keep, best.shape[1]), dim=1, largest=False).values
-        radii[:, rows] = best[:, list(ks)].T
-    return radii
+    x_sq = _squared_norms(x, tiles, dtype)
+    best = [None] * len(tiles)
+
+    def merge(i, d):
+        merged = d if best[i] is None else torch.cat([best[i], d], 1)
+        best[i] = merged.topk(min(keep, merged.shape[1]), dim=1, largest=False).values
+
+    for i, rows in enumerate(tiles):
+        a = x[rows].to(dtype)
+        merge(i, _squared_distances(a, x_sq[rows]))
+        for j in range(i + 1, len(tiles)):
+            d = _squared_distances(a, x_sq[rows], x[tiles[j]].to(dtype), x_sq[tiles[j]])
+            merge(i, d)
+            merge(j, d.T)
+    return torch.cat(best)[:, list(ks)].T
 
 
 def knn_radii(x, k, chunk_size=CHUNK_SIZE, dtype=torch.float64):
@@ -134,8 +166,8 @@ def knn_radii(x, k, chunk_size=CHUNK_SIZE, dtype=torch.float64):
 
     x: (N, D) features. Returns (N,) `dtype` on x's device. Memory O(chunk_size**2), not N**2.
     """
-    x = _features(x, 'features', _device_of(x), dtype)
-    return _kth_neighbour_sq(x, (k,), chunk_size)[0].sqrt()
+    x = _features(x, 'features', _device_of(x))
+    return _kth_neighbour_sq(x, (k,), chunk_size, dtype)[0].sqrt()
 
 
 # ---------------------------------------------------------------------------
@@ -152,25 +184,27 @@ def manifold_metrics(real, fake, pr_k=PR_K, dc_k=DC_K, chunk_size=CHUNK_SIZE,
       density   = 1 / (dc_k M) * sum over fake y of #{real x : d(x, y) < r_dc_k(x)};
       coverage  = fraction of real x with d(x, y) < r_dc_k(x) for some fake y.
     Squared distances are compared (no square roots), computed as |x|^2 + |y|^2 - 2 x.y per
-    tile, so they agree with the differences' norms to float64 rounding.
+    tile in `dtype`, so they agree with the differences' norms to that dtype's rounding.
 
     Memory: beyond the features, about 3 * chunk_size**2 * 8 bytes (the tiles) plus O(N + M).
     Returns {'precision', 'recall', 'density', 'coverage'} as Python floats.
     """
-    real, fake = _pair(real, fake, dtype)
-    ks = (pr_k, dc_k)
-    r_real = _kth_neighbour_sq(real, ks, chunk_size)      # (2, N): pr and dc radii, squared
-    r_fake = _kth_neighbour_sq(fake, (pr_k,), chunk_size)[0]
-    real_sq, fake_sq = (real * real).sum(1), (fake * fake).sum(1)
+    real, fake = _pair(real, fake)
+    real_tiles, fake_tiles = _tiles(len(real), chunk_size), _tiles(len(fake), chunk_size)
+    r_real = _kth_neighbour_sq(real, (pr_k, dc_k), chunk_size, dtype)  # (2, N), squared
+    r_fake = _kth_neighbour_sq(fake, (pr_k,), chunk_size, dtype)[0]
+    real_sq = _squared_norms(real, real_tiles, dtype)
+    fake_sq = _squared_norms(fake, fake_tiles, dtype)
     device = real.device
     precise = torch.zeros(len(fake), dtype=torch.bool, device=device)
     recalled = torch.zeros(len(real), dtype=torch.bool, device=device)
     density_count = torch.zeros(len(fake), dtype=torch.long, device=device)
     covered = torch.zeros(len(real), dtype=torch.bool, device=device)
-    for rows in _tiles(len(real), chunk_size):
+    for rows in real_tiles:
+        a = real[rows].to(dtype)
         pr_radius, dc_radius = r_real[0, rows, None], r_real[1, rows, None]
-        for cols in _tiles(len(fake), chunk_size):
-            d = _squared_distances(real[rows], real_sq[rows], fake[cols], fake_sq[cols])
+        for cols in fake_tiles:
+            d = _squared_distances(a, real_sq[rows], fake[cols].to(dtype), fake_sq[cols])
             precise[cols] |= (d <= pr_radius).any(0)
             recalled[rows] |= (d <= r_fake[None, cols]).any(1)
             inside = d < dc_radius
@@ -199,26 +233,37 @@ def density_coverage(real, fake, k=DC_K, chunk_size=CHUNK_SIZE, dtype=torch.floa
 # ---------------------------------------------------------------------------
 # KID
 # ---------------------------------------------------------------------------
-def _kernel_sum(a, b, same, chunk_size):
-    """Sum of (a_i . b_j / D + 1)^3 over all i, j (over i != j when `same`), tile by tile."""
+def _kernel(gram, dim):
+    """(g / D + 1)^3 of a Gram tile, in float64 whatever the tile's dtype."""
+    return gram.to(torch.float64).div_(dim).add_(1.0).pow_(3)
+
+
+def _kernel_sum(a, b=None, chunk_size=CHUNK_SIZE):
+    """Sum of k(a_i, b_j) over all i, j; with b None, over the pairs i != j of a (each tile
+    above the diagonal once, doubled). Tile by tile; a float64 0-d tensor."""
     dim = a.shape[1]
-    total = a.new_zeros(())
-    for rows in _tiles(len(a), chunk_size):
-        for cols in _tiles(len(b), chunk_size):
-            k = (a[rows] @ b[cols].T).div_(dim).add_(1.0).pow_(3)
-            total += k.sum()
-            if same and rows == cols:
-                total -= k.diagonal().sum()
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    rows_tiles = _tiles(len(a), chunk_size)
+    for i, rows in enumerate(rows_tiles):
+        if b is not None:
+            for cols in _tiles(len(b), chunk_size):
+                total += _kernel(_gram(a[rows], b[cols]), dim).sum()
+            continue
+        k = _kernel(_gram(a[rows]), dim)
+        total += k.sum() - k.diagonal().sum()
+        for cols in rows_tiles[i + 1:]:
+            total += 2.0 * _kernel(_gram(a[rows], a[cols]), dim).sum()
     return total
 
 
 def mmd2_unbiased(x, y, chunk_size=CHUNK_SIZE):
     """Unbiased MMD^2 of x, y: (m, D) tensors of one dtype and device, with the cubic kernel
     k(a, b) = (a.b / D + 1)^3: sum_{i != j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1))
-    - 2 sum_{i, j} k(x_i, y_j) / m^2. Returns a 0-d tensor."""
+    - 2 sum_{i, j} k(x_i, y_j) / m^2. Products in x's dtype, kernels and sums in float64.
+    Returns a float64 0-d tensor."""
     m = x.shape[0]
-    same_sums = _kernel_sum(x, x, True, chunk_size) + _kernel_sum(y, y, True, chunk_size)
-    return same_sums / (m * (m - 1)) - 2.0 * _kernel_sum(x, y, False, chunk_size) / (m * m)
+    same_sums = _kernel_sum(x, chunk_size=chunk_size) + _kernel_sum(y, chunk_size=chunk_size)
+    return same_sums / (m * (m - 1)) - 2.0 * _kernel_sum(x, y, chunk_size) / (m * m)
 
 
 def kid(real, fake, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=KID_SEED,
@@ -233,10 +278,11 @@ def kid(real, fake, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=K
     np.random.RandomState(seed).choice(count, size, replace=False) in sequence, exactly as
     torch-fidelity's kid_features_to_metric(fake, real) draws them; with the same seed and
     subset size the result is torch-fidelity's (its default seed is 2020, ours too).
+    Kernels and sums are float64; dtype is the Gram products' (see the module docstring).
 
     Returns {'KID_mean', 'KID_std' (over subsets, ddof 0), 'KID_subset_size', 'KID_subsets'}.
     """
-    real, fake = _pair(real, fake, dtype)
+    real, fake = _pair(real, fake)
     size = min(subset_size, len(real), len(fake))
     if size < 2 or num_subsets < 1:
         raise ValueError(f'KID needs subsets of at least 2 samples and at least 1 subset; got '
@@ -247,9 +293,9 @@ def kid(real, fake, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=K
     for _ in range(num_subsets):
         fake_index = torch.from_numpy(rng.choice(len(fake), size, replace=False))
         real_index = torch.from_numpy(rng.choice(len(real), size, replace=False))
-        mmd.append(mmd2_unbiased(fake[fake_index.to(fake.device)],
-                                 real[real_index.to(real.device)], chunk_size))
-    mmd = torch.stack(mmd).cpu().numpy()
+        mmd.append(mmd2_unbiased(fake[fake_index.to(fake.device)].to(dtype),
+                                 real[real_index.to(real.device)].to(dtype), chunk_size).item())
+    mmd = np.array(mmd)
     return {'KID_mean': float(mmd.mean()), 'KID_std': float(mmd.std()),
             'KID_subset_size': size, 'KID_subsets': num_subsets}
 
@@ -271,7 +317,7 @@ def _moments(features):
     return moments.mu, moments.sigma
 
 
-def intra_class_fid(real, real_labels, fake, fake_labels, dtype=torch.float64):
+def intra_class_fid(real, real_labels, fake, fake_labels):
     """Intra-class FID: the FID between the generated and the real features of each class,
     averaged over the classes present among the generated labels.
 
@@ -283,14 +329,14 @@ def intra_class_fid(real, real_labels, fake, fake_labels, dtype=torch.float64):
     Returns {'iFID': mean over classes, 'iFID_per_class': {class: FID}}.
     """
     device = _device_of(fake, real)
-    fake = _features(fake, 'generated features', device, dtype)
+    fake = _features(fake, 'generated features', device)
     fake_groups = _class_groups(fake, _labels(fake_labels, 'generated labels', len(fake), device))
     if isinstance(real, Mapping):
         if real_labels is not None:
             raise ValueError('per-class reference moments come without real labels')
         reference = real
     else:
-        real = _features(real, 'real features', device, dtype, dim=fake.shape[1])
+        real = _features(real, 'real features', device, dim=fake.shape[1])
         if real_labels is None:
             raise ValueError('intra-class FID from real features needs their labels')
         groups = _class_groups(real, _labels(real_labels, 'real labels', len(real), device))

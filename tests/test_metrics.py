@@ -203,8 +203,12 @@ def test_pairwise_matrices_never_exceed_the_chunk_size(monkeypatch):
     monkeypatch.setattr(metrics, '_squared_distances', spy)
     metrics.manifold_metrics(_features(300, seed=2), _features(250, seed=3), chunk_size=64)
     assert max(max(shape) for shape in shapes) == 64
-    # every pair of the three passes (real-real, fake-fake, real-fake) was tiled once
-    assert sum(a * b for a, b in shapes) == 300 * 300 + 250 * 250 + 300 * 250
+
+    def unordered_pairs(n):  # a symmetric matrix's tiles on and above the diagonal
+        sizes = [min(64, n - start) for start in range(0, n, 64)]
+        return (n * n + sum(size * size for size in sizes)) // 2
+    # real-real and fake-fake tiles once per unordered pair, real-fake tiles all once
+    assert sum(a * b for a, b in shapes) == unordered_pairs(300) + unordered_pairs(250) + 300 * 250
 
 
 def test_torch_and_numpy_and_float32_inputs_give_the_same_numbers(real, fake):
@@ -214,6 +218,11 @@ def test_torch_and_numpy_and_float32_inputs_give_the_same_numbers(real, fake):
     # float32 features are computed in float64: the same as their float64 copies
     assert (metrics.kid(real32, fake32, 2, 50)
             == metrics.kid(real32.astype(np.float64), fake32.astype(np.float64), 2, 50))
+    # dtype=float32 products (sums still float64): the same metrics to float32 rounding
+    fast = metrics.kid(real, fake, 2, 50, dtype=torch.float32)
+    assert fast['KID_mean'] == pytest.approx(metrics.kid(real, fake, 2, 50)['KID_mean'],
+                                             rel=1e-5)
+    assert metrics.manifold_metrics(real, fake, dtype=torch.float32) == expected
 
 
 # ---------------------------------------------------------------------------
