@@ -496,12 +496,14 @@ def _fid(fake, reference, options):
 def _kid(fake, reference, options):
     return kid(reference.features, fake['pool'], options.get('kid_subsets', KID_SUBSETS),
                options.get('kid_subset_size', KID_SUBSET_SIZE),
-               options.get('kid_seed', KID_SEED), options.get('chunk_size', CHUNK_SIZE))
+               options.get('kid_seed', KID_SEED), options.get('chunk_size', CHUNK_SIZE),
+               options.get('dtype', torch.float64))
 
 
 def _manifold(fake, reference, options):
     return manifold_metrics(reference.features, fake['pool'], options.get('pr_k', PR_K),
-                            options.get('dc_k', DC_K), options.get('chunk_size', CHUNK_SIZE))
+                            options.get('dc_k', DC_K), options.get('chunk_size', CHUNK_SIZE),
+                            options.get('dtype', torch.float64))
 
 
 def _intra_class_fid(fake, reference, options):
@@ -516,7 +518,8 @@ class Metric:
 
     compute(fake, reference, options) -> dict: fake is a dict of the generated 'pool' (M, D)
     features, 'logits' (M, C) and 'labels' (M,); reference a Reference; options a dict of
-    settings (num_splits, kid_subsets, kid_subset_size, kid_seed, pr_k, dc_k, chunk_size).
+    settings (num_splits, kid_subsets, kid_subset_size, kid_seed, pr_k, dc_k, chunk_size,
+    dtype).
     needs: the keys of fake it reads. reference: alternative sets of Reference fields it can
     work from (any one suffices; empty: none needed). keys: returned key -> 'higher' or 'lower'
     (which is better, for --which_best) or None (not a ranking: a spread or a setting).
@@ -542,6 +545,10 @@ METRICS = {
                    (('class_moments',), ('features', 'labels')),
                    {'iFID': 'lower', 'iFID_per_class': None}),
 }
+
+
+OPTIONS = ('num_splits', 'kid_subsets', 'kid_subset_size', 'kid_seed', 'pr_k', 'dc_k',
+           'chunk_size', 'dtype')
 
 
 def parse_metrics(names):
@@ -597,6 +604,11 @@ def compute_metrics(names, fake, reference=None, **options):
     'pool' (M, D), 'logits' (M, C), 'labels' (M,), as each metric needs) against `reference` (a
     Reference). Options as Metric describes. Returns one flat dict of the metrics' keys."""
     names = check_metrics(names, reference)
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f'unknown metric options {", ".join(unknown)}; use {", ".join(OPTIONS)}')
+    if reference is None and any(METRICS[name].reference for name in names):
+        raise ValueError(f'{",".join(names)}: all but IS need reference statistics')
     results, done = {}, {}
     for name in names:
         metric = METRICS[name]

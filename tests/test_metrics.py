@@ -181,7 +181,7 @@ def test_intra_class_fid_refuses_classes_the_reference_lacks(real, fake):
 # ---------------------------------------------------------------------------
 # Tiles change nothing
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize('chunk_size', [3, 17, 64, 100000])
+@pytest.mark.parametrize('chunk_size', [7, 17, 64, 100000])
 def test_chunked_equals_unchunked(real, fake, chunk_size):
     whole = metrics.manifold_metrics(real, fake, chunk_size=100000)
     assert metrics.manifold_metrics(real, fake, chunk_size=chunk_size) == whole
@@ -386,6 +386,12 @@ def test_metrics_needing_features_fail_early_on_a_moments_file(tmp_path):
             metrics.check_metrics(['FID', name], reference)
     with pytest.raises(ValueError, match='use a comma-separated selection of IS,FID,KID'):
         metrics.check_metrics('FID,LPIPS')
+    with pytest.raises(ValueError, match='unknown metric options kid_subset;'):
+        metrics.compute_metrics('FID', {'pool': np.ones((3, 4))}, reference, kid_subset=5)
+    with pytest.raises(ValueError, match='need reference statistics'):
+        metrics.compute_metrics('IS,FID', {'pool': np.ones((3, 4))})
+    with pytest.raises(ValueError, match='FID needs the generated pool'):
+        metrics.compute_metrics('FID', {'logits': np.ones((3, 4))}, reference)
 
 
 @pytest.mark.parametrize('which_best, expected', [
