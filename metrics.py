@@ -433,37 +433,48 @@ def load_reference(path):
         raise ReferenceFileError(f'{path}: holds a single array, not an npz of reference '
                                  'statistics (mu and sigma, features, or class_mu and '
                                  'class_sigma)')
-    reference = Reference(path)
     with data:
-        keys = set(data.files)
-        if keys & {'mu', 'sigma'}:
-            try:
-                reference.mu, reference.sigma = inception_utils.load_moments(path)
-            except ValueError as err:
-                raise ReferenceFileError(str(err)) from None
-        if 'features' in keys:
-            reference.features = _read_array(data, 'features', path, 2)
-            if not np.issubdtype(reference.features.dtype, np.floating):
-                raise ReferenceFileError(f'{path}: features have dtype '
-                                         f'{reference.features.dtype}, expected floats')
-            if 'labels' in keys:
-                labels = _read_array(data, 'labels', path, 1, (len(reference.features),))
-                if not np.issubdtype(labels.dtype, np.integer):
-                    raise ReferenceFileError(f'{path}: labels have dtype {labels.dtype}, '
-                                             'expected integers')
-                reference.labels = labels.astype(np.int64)
-        if keys & {'class_mu', 'class_sigma'}:
-            if not {'class_mu', 'class_sigma'} <= keys:
-                raise ReferenceFileError(f'{path}: per-class moments need both class_mu and '
-                                         'class_sigma')
-            class_mu = _read_array(data, 'class_mu', path, 2).astype(np.float64)
-            count, dim = class_mu.shape
-            class_sigma = _read_array(data, 'class_sigma', path, 3, (count, dim, dim))
-            classes = (_read_array(data, 'classes', path, 1, (count,)) if 'classes' in keys
-                       else np.arange(count))
-            reference.class_moments = {
-                int(c): (mu, sigma.astype(np.float64))
-                for c, mu, sigma in zip(classes, class_mu, class_sigma)}
+        try:
+            return _read_reference(data, path)
+        except ReferenceFileError:
+            raise
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # pickles, bad zip
+            raise ReferenceFileError(f'{path}: cannot read it as an npz of reference '
+                                     f'statistics ({err})') from None
+
+
+def _read_reference(data, path):
+    """The Reference in the open npz `data` (see load_reference)."""
+    reference = Reference(path)
+    keys = set(data.files)
+    if keys & {'mu', 'sigma'}:
+        try:
+            reference.mu, reference.sigma = inception_utils.load_moments(path)
+        except ValueError as err:
+            raise ReferenceFileError(str(err)) from None
+    if 'features' in keys:
+        reference.features = _read_array(data, 'features', path, 2)
+        if not np.issubdtype(reference.features.dtype, np.floating):
+            raise ReferenceFileError(f'{path}: features have dtype '
+                                     f'{reference.features.dtype}, expected floats')
+        if 'labels' in keys:
+            labels = _read_array(data, 'labels', path, 1, (len(reference.features),))
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise ReferenceFileError(f'{path}: labels have dtype {labels.dtype}, '
+                                         'expected integers')
+            reference.labels = labels.astype(np.int64)
+    if keys & {'class_mu', 'class_sigma'}:
+        if not {'class_mu', 'class_sigma'} <= keys:
+            raise ReferenceFileError(f'{path}: per-class moments need both class_mu and '
+                                     'class_sigma')
+        class_mu = _read_array(data, 'class_mu', path, 2).astype(np.float64)
+        count, dim = class_mu.shape
+        class_sigma = _read_array(data, 'class_sigma', path, 3, (count, dim, dim))
+        classes = (_read_array(data, 'classes', path, 1, (count,)) if 'classes' in keys
+                   else np.arange(count))
+        reference.class_moments = {
+            int(c): (mu, sigma.astype(np.float64))
+            for c, mu, sigma in zip(classes, class_mu, class_sigma)}
     if reference.mu is None and reference.features is None and reference.class_moments is None:
         raise ReferenceFileError(f'{path}: holds {", ".join(sorted(keys)) or "nothing"}; a '
                                  'reference needs mu and sigma (moments: ours, TF TTUR, '

@@ -315,7 +315,8 @@ def test_features_and_class_moments_files_load(tmp_path, real):
 
 
 @pytest.mark.parametrize('case', ['text', 'npy', 'other keys', 'mu only', 'labels length',
-                                  'int features', 'class_mu only', 'dims', 'missing'])
+                                  'int features', 'class_mu only', 'dims', 'missing',
+                                  'pickled'])
 def test_wrong_reference_files_are_refused_in_one_line_naming_the_file(tmp_path, case):
     path = tmp_path / 'ref.npz'
     f32 = np.zeros((5, 4), np.float32)
@@ -336,6 +337,8 @@ def test_wrong_reference_files_are_refused_in_one_line_naming_the_file(tmp_path,
         np.savez(path, class_mu=f32)
     elif case == 'dims':
         np.savez(path, features=f32, mu=np.zeros(3), sigma=np.eye(3))
+    elif case == 'pickled':
+        np.savez(path, features=np.array([{'x': 1}], dtype=object))
     with pytest.raises(metrics.ReferenceFileError) as err:
         metrics.load_reference(str(path))
     assert str(err.value).startswith(str(path)) and '\n' not in str(err.value)

@@ -5,7 +5,8 @@ ReLU features shaped like pool_3 (tests/benchmarks/fid_time.py), with --classes 
 1008-way logits. Each method runs in its own fresh process on the same saved arrays, with the
 same thread settings, and reports:
 
-- wall and CPU seconds of the call alone (loading the arrays and imports are not timed);
+- wall and CPU seconds of the call alone (loading the arrays and imports are not timed); on a
+  busy machine the CPU-time ratios are the steadier ones (a method's CPU time sums its threads);
 - peak memory: the process's peak resident set (ru_maxrss) minus its resident set just before
   the call, i.e. what the call added on top of the loaded features (torch and numpy buffers,
   the float64 copies of the features, BLAS workspaces; freed-and-reused memory counts once);
@@ -205,8 +206,9 @@ def report(results, args):
     print('|---|---:|---:|---:|')
     for method, r in results.items():
         print(f'| {method} | {r["seconds"]:.2f} | {r["cpu"]:.2f} | {r["peak_mb"]:.0f} |')
-    print('\n| ours / baseline | time ratio | memory ratio | value: ours, baseline |')
-    print('|---|---:|---:|---|')
+    print('\n| ours / baseline | wall time ratio | CPU time ratio | memory ratio | '
+          'value: ours, baseline |')
+    print('|---|---:|---:|---:|---|')
     for ours, baseline, keys in PAIRS:
         if ours not in results or baseline not in results:
             continue
@@ -214,7 +216,8 @@ def report(results, args):
         values = '; '.join(f'{key} {a["values"][key]:.8g}, {b["values"][key]:.8g}'
                            for key in keys)
         print(f'| {ours} / {baseline} | {a["seconds"] / b["seconds"]:.2f} | '
-              f'{a["peak_mb"] / max(b["peak_mb"], 1):.2f} | {values} |')
+              f'{a["cpu"] / max(b["cpu"], 1e-3):.2f} | {a["peak_mb"] / max(b["peak_mb"], 1):.2f} '
+              f'| {values} |')
 
 
 if __name__ == '__main__':
