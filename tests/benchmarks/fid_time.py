@@ -35,13 +35,18 @@ import inception_utils  # noqa: E402
 DIM = 2048
 
 
-def inception_like_moments(n, seed):
-    """mu (2048,), sigma (2048, 2048) of n random ReLU features with a decaying spectrum."""
+def inception_like_features(n, seed, dim=DIM):
+    """(n, dim) float64 random ReLU features with a decaying spectrum, like Inception pool_3."""
     rng = np.random.default_rng(seed)
     latent = rng.standard_normal((n, 256)) * (1.0 / np.arange(1, 257)) ** 0.5
-    mixing = rng.standard_normal((256, DIM)) / 4.0
-    noise = rng.standard_normal((n, DIM)) * 0.05
-    acts = np.maximum(latent @ mixing + noise + 0.2, 0.0)
+    mixing = rng.standard_normal((256, dim)) / 4.0
+    noise = rng.standard_normal((n, dim)) * 0.05
+    return np.maximum(latent @ mixing + noise + 0.2, 0.0)
+
+
+def inception_like_moments(n, seed):
+    """mu (2048,), sigma (2048, 2048) of n inception_like_features."""
+    acts = inception_like_features(n, seed)
     return acts.mean(0), np.cov(acts, rowvar=False)
 
 

@@ -1,0 +1,632 @@
+"""Metrics beyond IS and FID, as pure functions of Inception features: KID, precision and recall,
+density and coverage, intra-class FID; a loader for reference statistics; a table of all metrics.
+
+Every function takes real and generated features as torch tensors or numpy arrays, (N, D), in
+that order (real, fake), and computes on the device of the first tensor among them (the CPU for
+numpy). By default (`dtype` float64) everything is float64, so the results are the
+definitions' values to float64 rounding even for float32 features. With dtype=torch.float32 the
+products (Gram and distance tiles) run in float32, about twice as fast on a CPU; KID's kernels
+and all sums and counts stay float64.
+
+Nothing allocates an N x N matrix: pairwise distances and kernels are built in tiles of
+`chunk_size` x `chunk_size`, reduced tile by tile (k-NN radii by a running top-k, counts by
+running sums); a set against itself computes each tile pair once (symmetry). Features are
+converted to `dtype` a tile at a time, never as a whole: beyond the features themselves and
+O(N) vectors, peak memory is a few tiles, about 3 * chunk_size**2 * 8 bytes (100 MB at the
+default 2048), whatever N is.
+
+- KID (Binkowski et al. 2018): the unbiased MMD^2 between real and generated features with the
+  kernel k(x, y) = (x.y / D + 1)^3, averaged over random subsets; subsets are drawn as
+  torch-fidelity draws them, so the same seed gives torch-fidelity's number.
+- Precision and recall (Kynkaanniemi et al. 2019), k = 3: a sample lies in the other set's
+  manifold when it is within (<=) the k-NN radius of one of its samples.
+- Density and coverage (Naeem et al. 2020), k = 5, with strict (<) balls as in their code (prdc).
+- Intra-class FID: the FID between the generated and the real features of each class, averaged
+  over the generated classes, with the exact Frechet distance of inception_utils.
+
+IS and FID are inception_utils' own; METRICS references them beside the ones here, with the
+inputs each needs, the keys it returns and which direction is better, and `compute_metrics`
+computes any of them from one set of features.
+"""
+import os
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+import inception_utils
+
+CHUNK_SIZE = 2048
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+# torch-fidelity's default rng_seed: with it, KID equals torch-fidelity's default KID.
+KID_SEED = 2020
+PR_K = 3
+DC_K = 5
+
+
+class ReferenceFileError(ValueError):
+    """A reference file cannot be read or holds no statistics we know; the message names it."""
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+def _device_of(*arrays):
+    """The device of the first torch tensor among `arrays`, else the CPU."""
+    for array in arrays:
+        if isinstance(array, torch.Tensor):
+            return array.device
+    return torch.device('cpu')
+
+
+def _features(x, name, device, dim=None):
+    """x as a (N, D) floating tensor on `device`, in its own dtype (the computations convert it
+    tile by tile, so no converted copy of all features is made); ValueError naming `name`."""
+    x = torch.as_tensor(x).detach()
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f'{name} has shape {tuple(x.shape)}; expected features (N, D)')
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f'{name} has {x.shape[1]}-d features, the other side {dim}-d: both '
+                         'must come from the same network layer')
+    x = x.to(device=device, dtype=None if x.is_floating_point() else torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError(f'{name} has non-finite entries (NaN or inf): the features behind it '
+                         'are broken (check the generator output)')
+    return x
+
+
+def _labels(y, name, count, device):
+    """y as a (count,) int64 tensor on `device`."""
+    y = torch.as_tensor(y).detach()
+    if y.shape != (count,) or y.is_floating_point() or y.is_complex():
+        raise ValueError(f'{name} has shape {tuple(y.shape)} and dtype {y.dtype}; expected '
+                         f'integer class labels ({count},)')
+    return y.to(device=device, dtype=torch.long)
+
+
+def _pair(real, fake):
+    device = _device_of(real, fake)
+    real = _features(real, 'real features', device)
+    return real, _features(fake, 'generated features', device, dim=real.shape[1])
+
+
+# ---------------------------------------------------------------------------
+# Tiled distances
+# ---------------------------------------------------------------------------
+def _tiles(n, chunk_size):
+    if chunk_size < 1:
+        raise ValueError(f'chunk_size {chunk_size}: must be at least 1')
+    return [slice(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
+
+
+def _gram(a, b=None):
+    """a @ b.T, or a @ a.T when b is None: (n, m). On the CPU a @ a.T goes through numpy, whose
+    matmul runs BLAS syrk (half the flops) for a matrix times its own transpose; torch's runs
+    a full gemm."""
+    if b is not None:
+        return a @ b.T
+    if a.device.type == 'cpu':
+        a = a.contiguous().numpy()
+        return torch.from_numpy(a @ a.T)
+    return a @ a.T
+
+
+def _squared_norms(x, tiles, dtype):
+    """(N,) squared norms of the rows of x converted to `dtype`, tile by tile."""
+    return torch.cat([(t * t).sum(1) for t in (x[rows].to(dtype) for rows in tiles)])
+
+
+def _squared_distances(a, a_sq, b=None, b_sq=None):
+    """||a_i - b_j||^2 for a: (n, D), b: (m, D) with their squared norms -> (n, m), >= 0.
+    With b None, a against itself: its diagonal (each row to itself) is exactly 0."""
+    d = _gram(a, b)
+    d.mul_(-2.0).add_(a_sq[:, None]).add_((a_sq if b is None else b_sq)[None, :]).clamp_(min=0.0)
+    if b is None:
+        d.diagonal().zero_()
+    return d
+
+
+def _kth_neighbour_sq(x, ks, chunk_size, dtype):
+    """Squared distance of each row of x: (N, D), in `dtype`, to its k-th nearest other row,
+    for each k in `ks` -> (len(ks), N). A row's own distance is not counted; a duplicate's (0) is.
+
+    Keeps a running top-(max k + 1) per row. The distance matrix is symmetric: each off-diagonal
+    tile is computed once and serves its rows and, transposed, its columns. Memory: a few
+    chunk_size**2 tiles and N * (max k + 1) values."""
+    n = x.shape[0]
+    if max(ks) >= n:
+        raise ValueError(f'k-NN radii with k = {max(ks)} need more than {max(ks)} samples, '
+                         f'got {n}')
+    keep = max(ks) + 1
+    tiles = _tiles(n, chunk_size)
+    x_sq = _squared_norms(x, tiles, dtype)
+    best = [None] * len(tiles)
+
+    def merge(i, d):
+        merged = d if best[i] is None else torch.cat([best[i], d], 1)
+        best[i] = merged.topk(min(keep, merged.shape[1]), dim=1, largest=False).values
+
+    for i, rows in enumerate(tiles):
+        a = x[rows].to(dtype)
+        merge(i, _squared_distances(a, x_sq[rows]))
+        for j in range(i + 1, len(tiles)):
+            d = _squared_distances(a, x_sq[rows], x[tiles[j]].to(dtype), x_sq[tiles[j]])
+            merge(i, d)
+            merge(j, d.T)
+    return torch.cat(best)[:, list(ks)].T
+
+
+def knn_radii(x, k, chunk_size=CHUNK_SIZE, dtype=torch.float64):
+    """Distance of each sample to its k-th nearest neighbour among the others.
+
+    x: (N, D) features. Returns (N,) `dtype` on x's device. Memory O(chunk_size**2), not N**2.
+    """
+    x = _features(x, 'features', _device_of(x))
+    return _kth_neighbour_sq(x, (k,), chunk_size, dtype)[0].sqrt()
+
+
+# ---------------------------------------------------------------------------
+# Precision, recall, density, coverage
+# ---------------------------------------------------------------------------
+def manifold_metrics(real, fake, pr_k=PR_K, dc_k=DC_K, chunk_size=CHUNK_SIZE,
+                     dtype=torch.float64):
+    """Precision and recall (k = pr_k) and density and coverage (k = dc_k), in one pass.
+
+    real: (N, D), fake: (M, D) features. With r_k(x) the distance from x to its k-th nearest
+    neighbour in its own set (itself excluded) and d the Euclidean distance:
+      precision = fraction of fake y with d(x, y) <= r_pr_k(x) for some real x;
+      recall    = fraction of real x with d(x, y) <= r_pr_k(y) for some fake y;
+      density   = 1 / (dc_k M) * sum over fake y of #{real x : d(x, y) < r_dc_k(x)};
+      coverage  = fraction of real x with d(x, y) < r_dc_k(x) for some fake y.
+    Squared distances are compared (no square roots), computed as |x|^2 + |y|^2 - 2 x.y per
+    tile in `dtype`, so they agree with the differences' norms to that dtype's rounding.
+
+    Memory: beyond the features, about 3 * chunk_size**2 * 8 bytes (the tiles) plus O(N + M).
+    Returns {'precision', 'recall', 'density', 'coverage'} as Python floats.
+    """
+    real, fake = _pair(real, fake)
+    real_tiles, fake_tiles = _tiles(len(real), chunk_size), _tiles(len(fake), chunk_size)
+    r_real = _kth_neighbour_sq(real, (pr_k, dc_k), chunk_size, dtype)  # (2, N), squared
+    r_fake = _kth_neighbour_sq(fake, (pr_k,), chunk_size, dtype)[0]
+    real_sq = _squared_norms(real, real_tiles, dtype)
+    fake_sq = _squared_norms(fake, fake_tiles, dtype)
+    device = real.device
+    precise = torch.zeros(len(fake), dtype=torch.bool, device=device)
+    recalled = torch.zeros(len(real), dtype=torch.bool, device=device)
+    density_count = torch.zeros(len(fake), dtype=torch.long, device=device)
+    covered = torch.zeros(len(real), dtype=torch.bool, device=device)
+    for rows in real_tiles:
+        a = real[rows].to(dtype)
+        pr_radius, dc_radius = r_real[0, rows, None], r_real[1, rows, None]
+        for cols in fake_tiles:
+            d = _squared_distances(a, real_sq[rows], fake[cols].to(dtype), fake_sq[cols])
+            precise[cols] |= (d <= pr_radius).any(0)
+            recalled[rows] |= (d <= r_fake[None, cols]).any(1)
+            inside = d < dc_radius
+            density_count[cols] += inside.sum(0)
+            covered[rows] |= inside.any(1)
+    return {'precision': precise.double().mean().item(),
+            'recall': recalled.double().mean().item(),
+            'density': density_count.sum().item() / (dc_k * len(fake)),
+            'coverage': covered.double().mean().item()}
+
+
+def precision_recall(real, fake, k=PR_K, chunk_size=CHUNK_SIZE, dtype=torch.float64):
+    """Precision and recall (Kynkaanniemi et al. 2019) of fake (M, D) against real (N, D)
+    features: see manifold_metrics. Returns {'precision', 'recall'}."""
+    result = manifold_metrics(real, fake, k, k, chunk_size, dtype)
+    return {key: result[key] for key in ('precision', 'recall')}
+
+
+def density_coverage(real, fake, k=DC_K, chunk_size=CHUNK_SIZE, dtype=torch.float64):
+    """Density and coverage (Naeem et al. 2020) of fake (M, D) against real (N, D) features:
+    see manifold_metrics. Returns {'density', 'coverage'}."""
+    result = manifold_metrics(real, fake, k, k, chunk_size, dtype)
+    return {key: result[key] for key in ('density', 'coverage')}
+
+
+# ---------------------------------------------------------------------------
+# KID
+# ---------------------------------------------------------------------------
+def _kernel(gram, dim):
+    """(g / D + 1)^3 of a Gram tile, in float64 whatever the tile's dtype."""
+    return gram.to(torch.float64).div_(dim).add_(1.0).pow_(3)
+
+
+def _kernel_sum(a, b=None, chunk_size=CHUNK_SIZE):
+    """Sum of k(a_i, b_j) over all i, j; with b None, over the pairs i != j of a (each tile
+    above the diagonal once, doubled). Tile by tile; a float64 0-d tensor."""
+    dim = a.shape[1]
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    rows_tiles = _tiles(len(a), chunk_size)
+    for i, rows in enumerate(rows_tiles):
+        if b is not None:
+            for cols in _tiles(len(b), chunk_size):
+                total += _kernel(_gram(a[rows], b[cols]), dim).sum()
+            continue
+        k = _kernel(_gram(a[rows]), dim)
+        total += k.sum() - k.diagonal().sum()
+        for cols in rows_tiles[i + 1:]:
+            total += 2.0 * _kernel(_gram(a[rows], a[cols]), dim).sum()
+    return total
+
+
+def mmd2_unbiased(x, y, chunk_size=CHUNK_SIZE):
+    """Unbiased MMD^2 of x, y: (m, D) tensors of one dtype and device, with the cubic kernel
+    k(a, b) = (a.b / D + 1)^3: sum_{i != j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1))
+    - 2 sum_{i, j} k(x_i, y_j) / m^2. Products in x's dtype, kernels and sums in float64.
+    Returns a float64 0-d tensor."""
+    m = x.shape[0]
+    same_sums = _kernel_sum(x, chunk_size=chunk_size) + _kernel_sum(y, chunk_size=chunk_size)
+    return same_sums / (m * (m - 1)) - 2.0 * _kernel_sum(x, y, chunk_size) / (m * m)
+
+
+def kid(real, fake, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=KID_SEED,
+        chunk_size=CHUNK_SIZE, dtype=torch.float64):
+    """Kernel Inception Distance of fake (M, D) against real (N, D) features.
+
+    The unbiased MMD^2 (see mmd2_unbiased) between `subset_size` generated and `subset_size` real
+    features, drawn without replacement, averaged over `num_subsets` draws. A subset cannot be
+    larger than either side: the size used is min(subset_size, N, M), and returned.
+
+    Draws: per subset, first the generated then the real indices, each
+    np.random.RandomState(seed).choice(count, size, replace=False) in sequence, exactly as
+    torch-fidelity's kid_features_to_metric(fake, real) draws them; with the same seed and
+    subset size the result is torch-fidelity's (its default seed is 2020, ours too).
+    Kernels and sums are float64; dtype is the Gram products' (see the module docstring).
+
+    Returns {'KID_mean', 'KID_std' (over subsets, ddof 0), 'KID_subset_size', 'KID_subsets'}.
+    """
+    real, fake = _pair(real, fake)
+    size = min(subset_size, len(real), len(fake))
+    if size < 2 or num_subsets < 1:
+        raise ValueError(f'KID needs subsets of at least 2 samples and at least 1 subset; got '
+                         f'subset size {size} ({len(real)} real, {len(fake)} generated samples) '
+                         f'and {num_subsets} subsets')
+    rng = np.random.RandomState(seed)
+    mmd = []
+    for _ in range(num_subsets):
+        fake_index = torch.from_numpy(rng.choice(len(fake), size, replace=False))
+        real_index = torch.from_numpy(rng.choice(len(real), size, replace=False))
+        mmd.append(mmd2_unbiased(fake[fake_index.to(fake.device)].to(dtype),
+                                 real[real_index.to(real.device)].to(dtype), chunk_size).item())
+    mmd = np.array(mmd)
+    return {'KID_mean': float(mmd.mean()), 'KID_std': float(mmd.std()),
+            'KID_subset_size': size, 'KID_subsets': num_subsets}
+
+
+# ---------------------------------------------------------------------------
+# Intra-class FID
+# ---------------------------------------------------------------------------
+def _class_groups(features, labels):
+    """{class: features of that class} (views, grouped by one sort)."""
+    order = torch.argsort(labels, stable=True)
+    classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    groups = torch.split(features[order], counts.tolist())
+    return dict(zip(classes.tolist(), groups))
+
+
+def _moments(features):
+    moments = inception_utils.RunningMoments()
+    moments.update(features)
+    return moments.mu, moments.sigma
+
+
+def intra_class_fid(real, real_labels, fake, fake_labels):
+    """Intra-class FID: the FID between the generated and the real features of each class,
+    averaged over the classes present among the generated labels.
+
+    real: (N, D) features with real_labels (N,), or per-class reference moments
+    {class: (mu (D,), sigma (D, D))} with real_labels None. fake: (M, D), fake_labels (M,).
+    Each FID is inception_utils.numpy_calculate_frechet_distance (exact, float64). Every
+    generated class needs at least 2 samples on each side; with no more samples than D the
+    per-class covariances are singular and the values biased upward (one warning).
+    Returns {'iFID': mean over classes, 'iFID_per_class': {class: FID}}.
+    """
+    device = _device_of(fake, real)
+    fake = _features(fake, 'generated features', device)
+    fake_groups = _class_groups(fake, _labels(fake_labels, 'generated labels', len(fake), device))
+    if isinstance(real, Mapping):
+        if real_labels is not None:
+            raise ValueError('per-class reference moments come without real labels')
+        reference = real
+    else:
+        real = _features(real, 'real features', device, dim=fake.shape[1])
+        if real_labels is None:
+            raise ValueError('intra-class FID from real features needs their labels')
+        groups = _class_groups(real, _labels(real_labels, 'real labels', len(real), device))
+        reference = {c: groups[c] for c in fake_groups if c in groups}
+    missing = [c for c in fake_groups if c not in reference]
+    if missing:
+        more = ' ...' if len(missing) > 10 else ''
+        raise ValueError(f'the reference has no samples of generated classes '
+                         f'{", ".join(map(str, missing[:10]))}{more}')
+    counts = [len(group) for group in fake_groups.values()]
+    counts += [len(group) for group in reference.values() if isinstance(group, torch.Tensor)]
+    if min(counts) < 2:
+        raise ValueError(f'intra-class FID needs at least 2 samples of each class on each side, '
+                         f'the smallest class has {min(counts)}')
+    if min(counts) <= fake.shape[1]:
+        warnings.warn(f'intra-class FID from as few as {min(counts)} samples of a class of '
+                      f'{fake.shape[1]}-d features: its covariances are singular and the '
+                      'per-class FIDs biased upward', stacklevel=2)
+    per_class = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # RunningMoments' singular-covariance warning, per class
+        for c, group in fake_groups.items():
+            ref = reference[c]
+            ref_mu, ref_sigma = _moments(ref) if isinstance(ref, torch.Tensor) else ref
+            per_class[c] = inception_utils.numpy_calculate_frechet_distance(
+                *_moments(group), ref_mu, ref_sigma)
+    return {'iFID': float(np.mean(list(per_class.values()))), 'iFID_per_class': per_class}
+
+
+# ---------------------------------------------------------------------------
+# Reference statistics
+# ---------------------------------------------------------------------------
+@dataclass
+class Reference:
+    """Real-data statistics read by load_reference; absent parts are None.
+
+    mu (D,), sigma (D, D): the moments, for FID. features (N, D) and labels (N,): real features,
+    for KID, precision/recall, density/coverage and (with labels) intra-class FID.
+    class_moments {class: (mu (D,), sigma (D, D))}: per-class moments, for intra-class FID.
+    """
+    path: str
+    mu: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    features: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    class_moments: dict | None = field(default=None, repr=False)
+
+    @property
+    def dim(self):
+        """The feature dimension."""
+        for value in (self.mu, self.features):
+            if value is not None:
+                return value.shape[-1]
+        return next(iter(self.class_moments.values()))[0].shape[0]
+
+    def moments(self):
+        """(mu (D,), sigma (D, D)): as stored, else from the real features."""
+        if self.mu is not None:
+            return self.mu, self.sigma
+        if self.features is None:
+            raise ValueError(f'{self.path}: holds neither moments (mu, sigma) nor real features')
+        return _moments(self.features)
+
+
+def _read_array(data, key, path, ndim, shape=None):
+    value = data[key]
+    if value.ndim != ndim or (shape is not None and value.shape != shape):
+        expected = shape if shape is not None else f'{ndim} dimensions'
+        raise ReferenceFileError(f'{path}: {key} has shape {value.shape}, expected {expected}')
+    return value
+
+
+def load_reference(path):
+    """Read real-data statistics from an npz and return a Reference.
+
+    Recognised keys (any combination, all of one feature dimension D):
+      mu (D,), sigma (D, D): moments, as ours (inception_utils.save_moments), the TF TTUR
+        fid_stats_*.npz, pytorch-fid's --save-stats and clean-fid's .npz all store them;
+      features (N, D) float, with optional labels (N,) int: real features;
+      class_mu (C, D), class_sigma (C, D, D), with optional classes (C,) int (default
+        0..C-1): per-class moments (C * D**2 * 8 bytes: 335 MB for 10 classes at D = 2048;
+        for many classes keep labelled features instead).
+    Files written with these keys keep mu and sigma readable by those tools.
+    Raises ReferenceFileError, naming the file, for anything else.
+    """
+    if not os.path.isfile(path):
+        raise ReferenceFileError(f'{path}: no such reference file')
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise ReferenceFileError(f'{path}: cannot read it as an npz of reference statistics '
+                                 f'({err})') from None
+    if not hasattr(data, 'files'):
+        raise ReferenceFileError(f'{path}: holds a single array, not an npz of reference '
+                                 'statistics (mu and sigma, features, or class_mu and '
+                                 'class_sigma)')
+    with data:
+        try:
+            return _read_reference(data, path)
+        except ReferenceFileError:
+            raise
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # pickles, bad zip
+            raise ReferenceFileError(f'{path}: cannot read it as an npz of reference '
+                                     f'statistics ({err})') from None
+
+
+def _read_reference(data, path):
+    """The Reference in the open npz `data` (see load_reference)."""
+    reference = Reference(path)
+    keys = set(data.files)
+    if keys & {'mu', 'sigma'}:
+        try:
+            reference.mu, reference.sigma = inception_utils.load_moments(path)
+        except ValueError as err:
+            raise ReferenceFileError(str(err)) from None
+    if 'features' in keys:
+        reference.features = _read_array(data, 'features', path, 2)
+        if not np.issubdtype(reference.features.dtype, np.floating):
+            raise ReferenceFileError(f'{path}: features have dtype '
+                                     f'{reference.features.dtype}, expected floats')
+        if 'labels' in keys:
+            labels = _read_array(data, 'labels', path, 1, (len(reference.features),))
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise ReferenceFileError(f'{path}: labels have dtype {labels.dtype}, '
+                                         'expected integers')
+            reference.labels = labels.astype(np.int64)
+    if keys & {'class_mu', 'class_sigma'}:
+        if not {'class_mu', 'class_sigma'} <= keys:
+            raise ReferenceFileError(f'{path}: per-class moments need both class_mu and '
+                                     'class_sigma')
+        class_mu = _read_array(data, 'class_mu', path, 2).astype(np.float64)
+        count, dim = class_mu.shape
+        class_sigma = _read_array(data, 'class_sigma', path, 3, (count, dim, dim))
+        classes = (_read_array(data, 'classes', path, 1, (count,)) if 'classes' in keys
+                   else np.arange(count))
+        reference.class_moments = {
+            int(c): (mu, sigma.astype(np.float64))
+            for c, mu, sigma in zip(classes, class_mu, class_sigma)}
+    if reference.mu is None and reference.features is None and reference.class_moments is None:
+        raise ReferenceFileError(f'{path}: holds {", ".join(sorted(keys)) or "nothing"}; a '
+                                 'reference needs mu and sigma (moments: ours, TF TTUR, '
+                                 'pytorch-fid, clean-fid), features, or class_mu and class_sigma')
+    dims = {value.shape[-1] for value in (reference.mu, reference.features) if value is not None}
+    if reference.class_moments is not None:
+        dims.add(class_mu.shape[1])
+    if len(dims) > 1:
+        raise ReferenceFileError(f'{path}: its statistics have different feature dimensions '
+                                 f'({", ".join(map(str, sorted(dims)))})')
+    return reference
+
+
+# ---------------------------------------------------------------------------
+# The table of metrics
+# ---------------------------------------------------------------------------
+def _inception_score(fake, reference, options):
+    logits = fake['logits']
+    scorer = inception_utils.InceptionScore(len(logits), options.get('num_splits', 10))
+    scorer.update(logits)
+    IS_mean, IS_std = scorer.result()
+    return {'IS_mean': IS_mean, 'IS_std': IS_std}
+
+
+def _fid(fake, reference, options):
+    return {'FID': inception_utils.numpy_calculate_frechet_distance(
+        *_moments(fake['pool']), *reference.moments())}
+
+
+def _kid(fake, reference, options):
+    return kid(reference.features, fake['pool'], options.get('kid_subsets', KID_SUBSETS),
+               options.get('kid_subset_size', KID_SUBSET_SIZE),
+               options.get('kid_seed', KID_SEED), options.get('chunk_size', CHUNK_SIZE),
+               options.get('dtype', torch.float64))
+
+
+def _manifold(fake, reference, options):
+    return manifold_metrics(reference.features, fake['pool'], options.get('pr_k', PR_K),
+                            options.get('dc_k', DC_K), options.get('chunk_size', CHUNK_SIZE),
+                            options.get('dtype', torch.float64))
+
+
+def _intra_class_fid(fake, reference, options):
+    if reference.class_moments is not None:
+        return intra_class_fid(reference.class_moments, None, fake['pool'], fake['labels'])
+    return intra_class_fid(reference.features, reference.labels, fake['pool'], fake['labels'])
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of METRICS.
+
+    compute(fake, reference, options) -> dict: fake is a dict of the generated 'pool' (M, D)
+    features, 'logits' (M, C) and 'labels' (M,); reference a Reference; options a dict of
+    settings (num_splits, kid_subsets, kid_subset_size, kid_seed, pr_k, dc_k, chunk_size,
+    dtype).
+    needs: the keys of fake it reads. reference: alternative sets of Reference fields it can
+    work from (any one suffices; empty: none needed). keys: returned key -> 'higher' or 'lower'
+    (which is better, for --which_best) or None (not a ranking: a spread or a setting).
+    """
+    compute: Callable
+    needs: tuple
+    reference: tuple
+    keys: dict
+
+
+METRICS = {
+    'IS': Metric(_inception_score, ('logits',), (), {'IS_mean': 'higher', 'IS_std': None}),
+    'FID': Metric(_fid, ('pool',), (('mu', 'sigma'), ('features',)), {'FID': 'lower'}),
+    'KID': Metric(_kid, ('pool',), (('features',),),
+                  {'KID_mean': 'lower', 'KID_std': None, 'KID_subset_size': None,
+                   'KID_subsets': None}),
+    # PR and DC share one pass over the distances (compute_metrics runs it once for both).
+    'PR': Metric(_manifold, ('pool',), (('features',),),
+                 {'precision': 'higher', 'recall': 'higher'}),
+    'DC': Metric(_manifold, ('pool',), (('features',),),
+                 {'density': 'higher', 'coverage': 'higher'}),
+    'iFID': Metric(_intra_class_fid, ('pool', 'labels'),
+                   (('class_moments',), ('features', 'labels')),
+                   {'iFID': 'lower', 'iFID_per_class': None}),
+}
+
+
+OPTIONS = ('num_splits', 'kid_subsets', 'kid_subset_size', 'kid_seed', 'pr_k', 'dc_k',
+           'chunk_size', 'dtype')
+
+
+def parse_metrics(names):
+    """A list of METRICS names from 'IS,FID,KID' or a sequence; ValueError on an unknown one."""
+    if isinstance(names, str):
+        names = [name.strip() for name in names.split(',') if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise ValueError(f'metrics {",".join(unknown) or "(none)"}: use a comma-separated '
+                         f'selection of {",".join(METRICS)}')
+    return list(dict.fromkeys(names))
+
+
+def check_metrics(names, reference=None):
+    """Parse `names` and, given a Reference, check it holds what each metric needs, so a run
+    fails before sampling. Returns the list of names; ValueError naming metric and file."""
+    names = parse_metrics(names)
+    for name in names:
+        options = METRICS[name].reference
+        if reference is None or not options:
+            continue
+        if not any(all(getattr(reference, part) is not None for part in option)
+                   for option in options):
+            wanted = ' or '.join(' and '.join(option) for option in options)
+            raise ValueError(f'{name} needs a reference with {wanted}; {reference.path} has '
+                             'none of them')
+    return names
+
+
+def _rankings():
+    """{--which_best name: (result key, 'higher' | 'lower')}: every ranked key, and each metric
+    with exactly one ranked key under its own name (IS -> IS_mean, KID -> KID_mean)."""
+    rankings = {}
+    for name, metric in METRICS.items():
+        ranked = [(key, direction) for key, direction in metric.keys.items() if direction]
+        rankings.update({key: (key, direction) for key, direction in ranked})
+        if len(ranked) == 1:
+            rankings[name] = ranked[0]
+    return rankings
+
+
+def ranking(which_best):
+    """(result key, 'higher' | 'lower') that `which_best` ranks by (FID -> lower FID, KID ->
+    lower KID_mean, precision -> higher precision, ...); ValueError listing the choices."""
+    rankings = _rankings()
+    if which_best not in rankings:
+        raise ValueError(f'--which_best {which_best}: use one of {", ".join(rankings)}')
+    return rankings[which_best]
+
+
+def compute_metrics(names, fake, reference=None, **options):
+    """Compute the metrics `names` ('IS,FID,...' or a list) of generated outputs `fake` (a dict of
+    'pool' (M, D), 'logits' (M, C), 'labels' (M,), as each metric needs) against `reference` (a
+    Reference). Options as Metric describes. Returns one flat dict of the metrics' keys."""
+    names = check_metrics(names, reference)
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f'unknown metric options {", ".join(unknown)}; use {", ".join(OPTIONS)}')
+    if reference is None and any(METRICS[name].reference for name in names):
+        raise ValueError(f'{",".join(names)}: all but IS need reference statistics')
+    results, done = {}, {}
+    for name in names:
+        metric = METRICS[name]
+        missing = [part for part in metric.needs if fake.get(part) is None]
+        if missing:
+            raise ValueError(f'{name} needs the generated {" and ".join(missing)}')
+        if metric.compute not in done:
+            done[metric.compute] = metric.compute(fake, reference, options)
+        results.update({key: done[metric.compute][key] for key in metric.keys})
+    return results
