@@ -42,10 +42,11 @@ def _apply_ortho(model, strength, blacklist, off_diagonal):
         for param in model.parameters():
             if param.ndim < 2 or id(param) in skip or param.grad is None:
                 continue
-            w = param.view(param.shape[0], -1)
+            # reshape, not view: a channels-last conv weight is not contiguous as (out, -1).
+            w = param.reshape(param.shape[0], -1)
             if w.dtype in (torch.float16, torch.bfloat16):
                 w = w.float()
-            param.grad.add_(_ortho_grad(w, off_diagonal).view_as(param), alpha=strength)
+            param.grad.add_(_ortho_grad(w, off_diagonal).view(param.shape), alpha=strength)
 
 
 def ortho(model, strength=1e-4, blacklist=()):
