@@ -111,11 +111,11 @@ def _train(config, ctx, log):
     try:
         if config['resume']:
             utils.load_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                               config['load_weights'] or None, G_ema)
+                               config['load_weights'] or None, G_ema, log=log)
         elif config['load_weights']:
             # Fine-tuning: weights only; optimizers, counters and RNG start fresh.
             utils.load_weights(G, D, {}, config['weights_root'], experiment_name,
-                               config['load_weights'], G_ema, load_optim=False)
+                               config['load_weights'], G_ema, load_optim=False, log=log)
     except utils.CheckpointError as err:
         _refuse(f'--resume/--load_weights: {err}', ctx)
     if state_dict.get('grad_scalers'):

@@ -744,9 +744,58 @@ def torch_load(path, map_location='cpu'):
         raise CheckpointError(f'{path} is not a readable checkpoint: {err}') from None
 
 
-def _load_module_state(net, path, strict, what):
+_SYNC_BN_NAMES = {'running_mean': 'stored_mean', 'running_var': 'stored_var'}
+
+
+def _map_sync_bn_keys(own, state):
+    """The original's --cross_replica batch-norm buffers under our names.
+
+    With --cross_replica the original's BNs hold SyncBN buffers
+    (<bn>.bn.running_mean, .running_var, .num_batches_tracked); ours hold
+    stored_mean/stored_var (bn.stored_* with --mybn) whatever --cross_replica
+    is, with the same statistics (momentum averages, unbiased variance).
+    Returns (state, whether anything was renamed).
+    """
+    out, renamed = {}, False
+    for key, value in state.items():
+        head, _, leaf = key.rpartition('.')
+        if key in own or not head.endswith('.bn') or leaf not in (*_SYNC_BN_NAMES,
+                                                                 'num_batches_tracked'):
+            out[key] = value
+            continue
+        renamed = True
+        if leaf == 'num_batches_tracked':
+            continue  # momentum BN never reads it
+        base, name = head[:-len('.bn')], _SYNC_BN_NAMES[leaf]
+        target = next((t for t in (f'{base}.{name}', f'{base}.bn.{name}') if t in own), key)
+        out[target] = value
+    if renamed:
+        # myBN's standing-statistics counter has no SyncBN counterpart: it starts empty.
+        for key, value in own.items():
+            if key.endswith('.bn.accumulation_counter') and key not in out:
+                out[key] = torch.zeros_like(value)
+    return out, renamed
+
+
+def _load_module_state(net, path, strict, what, notes):
+    """The state dict in `path`, mapped onto `net`'s layout and checked to fit it.
+
+    The original's layouts that differ from ours (its --cross_replica BN keys, its
+    BigGAN-deep G) are mapped in memory, each appended to `notes`. Returns
+    (state, convert): convert(name, tensor) maps per-parameter tensors such as the
+    optimizer's moments the same way, or is None.
+    """
     state = torch_load(path)
     own = net.state_dict()
+    state, renamed = _map_sync_bn_keys(own, state)
+    if renamed:
+        notes.append(f"{os.path.basename(path)} (the original's --cross_replica BN keys)")
+    convert = None
+    if hasattr(net, 'adapt_original_state'):
+        state, convert = net.adapt_original_state(state)
+        if convert is not None:
+            notes.append(f"{os.path.basename(path)} (the original's BigGAN-deep G: [y, z] "
+                         'latent, 3-channel output conv)')
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f'{k} {tuple(state[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
@@ -764,7 +813,16 @@ def _load_module_state(net, path, strict, what):
             f'{path} does not fit the {what} built from these flags: {detail}. Use the flags '
             'the checkpoint was trained with (model, widths, attention, hier, shared_dim, '
             'dim_z, mybn, ...)')
-    return state
+    return state, convert
+
+
+def _convert_optim_state(net, optim_state, convert):
+    """Map the per-parameter tensors of an Adam state dict of `net` with convert(name, t)."""
+    names = [name for name, _ in net.named_parameters()]
+    state = {index: {k: convert(names[index], v) if torch.is_tensor(v) and v.ndim else v
+                     for k, v in entry.items()}
+             for index, entry in optim_state['state'].items()}
+    return {**optim_state, 'state': state}
 
 
 def checkpoint_exists(weights_root, experiment_name, name_suffix=None):
@@ -776,11 +834,13 @@ def checkpoint_exists(weights_root, experiment_name, name_suffix=None):
 
 
 def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None,
-                 G_ema=None, strict=True, load_optim=True):
+                 G_ema=None, strict=True, load_optim=True, log=print):
     """Load a checkpoint set into G, D (and their optimizers), G_ema and state_dict.
 
     Keys of the saved state dict that `state_dict` also has are copied into it;
     itr, epoch and the like therefore resume. Any of G, D, G_ema may be None.
+    Files in the original's layouts where ours differs (its --cross_replica BN
+    keys, its BigGAN-deep G) are mapped in memory, said in one `log` line.
     Raises CheckpointError naming the file when one is missing or does not fit.
     """
     root = os.path.join(weights_root, experiment_name)
@@ -790,15 +850,21 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
             f'{root}: check --weights_root, --experiment_name and --load_weights')
     # Read and check everything before touching any model, so a bad file changes nothing.
     loaded = torch_load(checkpoint_path(root, 'state_dict', name_suffix))
-    updates = []
+    updates, notes = [], []
     for net, part in ((G, 'G'), (D, 'D'), (G_ema, 'G_ema')):
         if net is None:
             continue
-        updates.append((net, _load_module_state(net, checkpoint_path(root, part, name_suffix),
-                                                strict, part)))
+        state, convert = _load_module_state(net, checkpoint_path(root, part, name_suffix),
+                                            strict, part, notes)
+        updates.append((net, state))
         if load_optim and part != 'G_ema':
-            updates.append((net.optim, torch_load(checkpoint_path(root, f'{part}_optim',
-                                                                  name_suffix))))
+            optim_state = torch_load(checkpoint_path(root, f'{part}_optim', name_suffix))
+            if convert is not None:
+                optim_state = _convert_optim_state(net, optim_state, convert)
+            updates.append((net.optim, optim_state))
+    if notes:
+        log(f"{root}: mapped onto this model's layout in memory (the files are unchanged): "
+            f"{', '.join(notes)}")
     for target, state in updates:
         if isinstance(target, nn.Module):
             target.load_state_dict(state, strict=strict)
