@@ -175,9 +175,10 @@ def prepare_parser():
     arg('--num_best_copies', type=int, default=2,
         help='Best-so-far checkpoints to keep (default: %(default)s)')
     arg('--which_best', type=str, default='IS',
-        help='Metric that ranks "best" checkpoints: IS or FID (default: %(default)s)')
+        help='Metric that ranks "best" checkpoints: IS or FID (not with --no_fid); a NaN '
+             'result never ranks (default: %(default)s)')
     arg('--no_fid', action='store_true', default=False,
-        help='Compute IS only, not FID (default: %(default)s)')
+        help='Compute IS only, not FID (FID is reported as NaN) (default: %(default)s)')
     arg('--test_every', type=int, default=5000,
         help='Compute IS/FID every this many iterations (default: %(default)s)')
     arg('--num_inception_images', type=int, default=50000,
@@ -363,6 +364,9 @@ def _check_flags(config):
                           "e.g. 64 or 32_64, or 0 for none")
     if config['which_best'] not in ('IS', 'FID'):
         errors.append(f"--which_best {config['which_best']}: use IS or FID")
+    elif config['which_best'] == 'FID' and config['no_fid']:
+        errors.append('--which_best FID with --no_fid: FID is not computed, so it cannot rank '
+                      'the best copies; use --which_best IS, or drop --no_fid')
     if config['which_train_fn'] not in ('GAN', 'dummy'):
         errors.append(f"--which_train_fn {config['which_train_fn']}: use GAN or dummy")
     for flag in ('batch_size', 'num_G_accumulations', 'num_D_accumulations', 'G_ch', 'D_ch',

@@ -72,6 +72,7 @@ def test_derived_keys():
     (['--norm_style', 'ln'], '--norm_style ln'),
     (['--model', 'StyleGAN'], '--model StyleGAN'),
     (['--which_best', 'KID'], '--which_best KID'),
+    (['--no_fid', '--which_best', 'FID'], '--which_best FID with --no_fid'),
     (['--batch_size', '0'], '--batch_size 0'),
     (['--G_param', 'SVD'], '--G_param SVD'),
     (['--logstyle', 'fancy'], '--logstyle fancy'),
