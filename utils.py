@@ -203,7 +203,7 @@ def prepare_parser():
     arg('--samples_root', type=str, default='samples',
         help='Where sample sheets are stored (default: %(default)s)')
     arg('--pbar', type=str, default='mine',
-        help='Progress bar style; accepted for compatibility, always tqdm '
+        help='Progress bar style; accepted for compatibility, has no effect: always tqdm '
              '(default: %(default)s)')
     arg('--name_suffix', type=str, default='',
         help='Suffix appended to the experiment name (default: %(default)s)')
@@ -244,8 +244,8 @@ def prepare_parser():
     arg('--D_ortho', type=float, default=0.0,
         help="Strength of BigGAN's off-diagonal ortho reg in D (default: %(default)s)")
     arg('--toggle_grads', action='store_true', default=True,
-        help="Turn off requires_grad of the network not being trained (always on, "
-             'as in the original) (default: %(default)s)')
+        help='Accepted for compatibility: the network not being trained always has '
+             'requires_grad off, as in the original (default: %(default)s)')
 
     # Training function, resume and logs
     arg('--which_train_fn', type=str, default='GAN',
@@ -255,13 +255,19 @@ def prepare_parser():
     arg('--resume', action='store_true', default=False,
         help='Resume training from the latest checkpoint (default: %(default)s)')
     arg('--logstyle', type=str, default='%3.3e',
-        help='printf-style format of the per-metric training logs (default: %(default)s)')
+        help='printf-style format of the per-metric training logs; pickle, mat and npz are '
+             'accepted for compatibility and write text with %%3.3e, as in the original '
+             '(default: %(default)s)')
     arg('--log_G_spectra', action='store_true', default=False,
-        help="Log the singular values of G's SN layers (default: %(default)s)")
+        help='Accepted for compatibility; has no effect, as in the original: the singular '
+             'values of every SN layer of G and D are logged every --sv_log_interval '
+             '(default: %(default)s)')
     arg('--log_D_spectra', action='store_true', default=False,
-        help="Log the singular values of D's SN layers (default: %(default)s)")
+        help='Accepted for compatibility; has no effect, as in the original (see '
+             '--log_G_spectra) (default: %(default)s)')
     arg('--sv_log_interval', type=int, default=10,
-        help='Iterations between singular value logs (default: %(default)s)')
+        help='Iterations between logs of the singular values (num_G_SVs/num_D_SVs per SN '
+             'layer) of G and D; 0 for none (default: %(default)s)')
     return parser
 
 
