@@ -329,13 +329,13 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                            num_classes=config['n_classes'], samples_per_class=10,
                            parallel=config['parallel'], samples_root=root,
                            experiment_name=experiment_name, folder_number=folder,
-                           generator=generator)
+                           z_=z_, generator=generator)
         for fix_z, fix_y in ((False, False), (False, True), (True, False)):
             utils.interp_sheet(which_G, num_per_sheet=16, num_midpoints=8,
                                num_classes=config['n_classes'], parallel=config['parallel'],
                                samples_root=root, experiment_name=experiment_name,
                                folder_number=folder, fix_z=fix_z, fix_y=fix_y,
-                               generator=generator)
+                               generator=generator, z_=z_)
     ema_G = G_ema if config['ema'] else None
     slot = state_dict['save_num']
     if config['num_save_copies'] > 0:

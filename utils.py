@@ -81,8 +81,8 @@ def prepare_parser():
         help='Size of the shared embedding; 0 means dim_z (default: %(default)s)')
     arg('--dim_z', type=int, default=128, help='Latent size (default: %(default)s)')
     arg('--z_var', type=float, default=1.0,
-        help='Scale of z: it is drawn with this standard deviation, as in the '
-             'original (default: %(default)s)')
+        help="Standard deviation of z (despite its name, as the original's sample.py uses "
+             'it), for training and every sample, sheet and metric (default: %(default)s)')
     arg('--hier', action='store_true', default=False,
         help='Hierarchical latent: feed a chunk of z to each G block (default: %(default)s)')
     arg('--cross_replica', action='store_true', default=False,
@@ -287,13 +287,19 @@ def add_sample_parser(parser):
     arg('--sample_random', action='store_true', default=False,
         help='Write one sheet of random samples (default: %(default)s)')
     arg('--sample_trunc_curves', type=str, default='',
-        help='IS/FID over truncation values start_step_end, e.g. 0.2_0.1_1.0 '
+        help='IS/FID at each value of start_step_end, e.g. 0.05_0.05_1.0: by default each '
+             "value is z's standard deviation, as in the original (see "
+             '--sample_trunc_curves_mode) (default: %(default)s)')
+    arg('--sample_trunc_curves_mode', type=str, default='std', choices=('std', 'truncate'),
+        help="What --sample_trunc_curves varies: std (z's standard deviation, as the "
+             'original) or truncate (a standard normal truncated to [-t, t]) '
              '(default: %(default)s)')
     arg('--sample_inception_metrics', action='store_true', default=False,
         help='Compute IS/FID of the loaded model (default: %(default)s)')
     arg('--truncation', type=float, default=0.0,
-        help='Draw z from a normal truncated to [-t, t] (resampling values outside); '
-             '0 means no truncation (default: %(default)s)')
+        help='Draw z, for every output, from a standard normal truncated to [-t, t] '
+             '(resampling values outside), times --z_var; 0 means no truncation '
+             '(default: %(default)s)')
     return parser
 
 
@@ -548,16 +554,28 @@ class Distribution(torch.Tensor):
         the TF Hub generators expect), then scaled by var.
         """
         if self.dist_type == 'normal':
-            if self.truncation > 0:
-                torch.nn.init.trunc_normal_(self, 0.0, 1.0, -self.truncation, self.truncation,
-                                            generator=self.generator)
-                if self.var != 1.0:
-                    self.mul_(self.var)
-            else:
-                self.normal_(self.mean, self.var, generator=self.generator)
+            self._fill_normal(self, self.generator)
         elif self.dist_type == 'categorical':
             self.random_(0, self.num_categories, generator=self.generator)
         return self
+
+    def _fill_normal(self, out, generator):
+        if self.truncation > 0:
+            torch.nn.init.trunc_normal_(out, 0.0, 1.0, -self.truncation, self.truncation,
+                                        generator=generator)
+            if self.var != 1.0:
+                out.mul_(self.var)
+        else:
+            out.normal_(self.mean, self.var, generator=generator)
+        return out
+
+    def draw(self, *shape, generator=None):
+        """A new plain tensor of `shape` (default: this one's) from the same normal
+        distribution (std var, truncation), drawn from `generator` or this one's."""
+        if self.dist_type != 'normal':
+            raise ValueError('draw() is for the latent (normal) distribution')
+        out = torch.empty(shape or self.shape, device=self.device, dtype=self.dtype)
+        return self._fill_normal(out, generator or self.generator)
 
 
 def prepare_z_y(G_batch_size, dim_z, nclasses, device='cuda', fp16=False, z_var=1.0,
@@ -998,19 +1016,30 @@ def save_sheet(images, path, nrow):
                                  value_range=(-1, 1))
 
 
+def _latent(z_, G, device):
+    """The z distribution of sheets: z_'s (std z_var, --truncation), else N(0, 1)."""
+    if z_ is None:
+        z_ = torch.zeros(1, G.dim_z, device=device).as_subclass(Distribution)
+        z_.init_distribution('normal', mean=0, var=1.0)
+    return z_
+
+
 def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,
                  samples_root, experiment_name, folder_number, z_=None, generator=None):
     """Class-conditional sheets samples/<exp>/<folder>/samples<i>.jpg: a row per class.
 
-    Each row shows `samples_per_class` samples of one class.
+    Each row shows `samples_per_class` samples of one class, with z drawn from
+    z_'s distribution (prepare_z_y's z: std z_var, truncation), from `generator`
+    when given.
     """
     device = _device_of(G)
+    z_ = _latent(z_, G, device)
     for i in range(max(num_classes // classes_per_sheet, 1)):
         count = min(classes_per_sheet, num_classes)
         y = torch.arange(i * count, (i + 1) * count, device=device)
         rows = []
         for _ in range(samples_per_class):
-            z = torch.randn(count, G.dim_z, device=device, generator=generator)
+            z = z_.draw(count, G.dim_z, generator=generator)
             with torch.no_grad():
                 rows.append(G(z, G.shared(y)).cpu())
         ims = torch.stack(rows, 1).flatten(0, 1)
@@ -1026,17 +1055,19 @@ def interp(x0, x1, num_midpoints):
 
 def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples_root,
                  experiment_name, folder_number, sheet_number=0, fix_z=False, fix_y=False,
-                 device=None, generator=None):
+                 device=None, generator=None, z_=None):
     """Interpolation sheet samples/<exp>/<folder>/interp{Z}{Y}<n>.jpg.
 
     Each row interpolates between two draws; fix_z keeps z fixed along a row
     (class interpolation), fix_y keeps the class fixed (latent interpolation).
+    The end points' z come from z_'s distribution, as in sample_sheet.
     """
     device = device or _device_of(G)
+    z_ = _latent(z_, G, device)
     steps = num_midpoints + 2
 
     def draw_z():
-        return torch.randn(num_per_sheet, 1, G.dim_z, device=device, generator=generator)
+        return z_.draw(num_per_sheet, 1, G.dim_z, generator=generator)
 
     def draw_y():
         classes = torch.randint(0, num_classes, (num_per_sheet,), device=device,
