@@ -167,6 +167,42 @@ class Generator(nn.Module):
         self.optim = optim.Adam(params=self.parameters(), lr=self.lr,
                                 betas=(self.B1, self.B2), weight_decay=0, eps=self.adam_eps)
 
+    def adapt_original_state(self, state):
+        """Map a G state dict in the original BigGAN-PyTorch deep layout onto this one.
+
+        The original feeds the latent as [y, z] and ends in a conv to 3 channels;
+        this G (as TF Hub) feeds [z, y] and ends in a conv to `ch` channels whose
+        first 3 are the image. The layers reading the latent get their input columns
+        swapped, and the output conv gets zero rows (and zero u entries, which leave
+        its singular value as it was), so the mapped G computes exactly the
+        original's function. Returns (mapped state, convert) where convert(name,
+        tensor) maps any per-parameter tensor (the optimizer's moments too), or
+        (state, None) when `state` is not in the original's layout.
+        """
+        out_weight = state.get('output_layer.2.weight')
+        if out_weight is None or out_weight.shape[0] != 3 or self.ch == 3:
+            return state, None
+        latent_readers = set()
+        if self.hier:
+            latent_readers.add('linear.weight')
+            latent_readers.update(f'{name}.{part}.weight' for name, m in self.named_modules()
+                                  if isinstance(m, layers.ccbn) for part in ('gain', 'bias'))
+        y_dim = self.shared_dim
+
+        def convert(name, tensor):
+            if name in latent_readers and tensor.ndim == 2:
+                return torch.cat([tensor[:, y_dim:], tensor[:, :y_dim]], 1)
+            if name.startswith('output_layer.2.'):
+                leaf = name.rsplit('.', 1)[-1]
+                dim = 1 if leaf.startswith('u') else 0 if leaf in ('weight', 'bias') else None
+                if dim is not None and tensor.shape[dim] == 3:
+                    pad = list(tensor.shape)
+                    pad[dim] = self.ch - 3
+                    return torch.cat([tensor, tensor.new_zeros(pad)], dim)
+            return tensor
+
+        return {k: convert(k, v) for k, v in state.items()}, convert
+
     def forward(self, z, y):
         if self.hier:
             z = torch.cat([z, y], 1)
@@ -290,17 +326,20 @@ class Discriminator(nn.Module):
             D_param, num_D_SVs, num_D_SV_itrs, SN_eps)
 
         self.input_conv = self.which_conv(3, self.arch['in_channels'][0])
+        # One list per stage, as in the original: its D_depth blocks, then the stage's
+        # attention (blocks.<stage>.<D_depth>), so its checkpoints load as they are.
         blocks = []
         for index, out_ch in enumerate(self.arch['out_channels']):
-            for d_index in range(D_depth):
-                blocks.append(nn.ModuleList([DBlock(
-                    in_channels=self.arch['in_channels'][index] if d_index == 0 else out_ch,
-                    out_channels=out_ch, which_conv=self.which_conv, wide=self.D_wide,
-                    activation=self.activation, preactivation=True,
-                    downsample=(nn.AvgPool2d(2)
-                                if self.arch['downsample'][index] and d_index == 0 else None))]))
+            stage = [DBlock(
+                in_channels=self.arch['in_channels'][index] if d_index == 0 else out_ch,
+                out_channels=out_ch, which_conv=self.which_conv, wide=self.D_wide,
+                activation=self.activation, preactivation=True,
+                downsample=(nn.AvgPool2d(2)
+                            if self.arch['downsample'][index] and d_index == 0 else None))
+                for d_index in range(D_depth)]
             if self.arch['attention'][self.arch['resolution'][index]]:
-                blocks[-1].append(layers.Attention(out_ch, self.which_conv))
+                stage.append(layers.Attention(out_ch, self.which_conv))
+            blocks.append(nn.ModuleList(stage))
         self.blocks = nn.ModuleList(blocks)
         self.linear = self.which_linear(self.arch['out_channels'][-1], output_dim)
         self.embed = self.which_embedding(self.n_classes, self.arch['out_channels'][-1])

@@ -18,6 +18,7 @@ not images, on rank 0. Only rank 0 writes (train.py checks `is_main`).
 import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 
 import torch
@@ -279,31 +280,38 @@ def prepare_inception_metrics(config, ctx, log):
     Every rank loads the Inception network and runs its own samples through it
     (gather_inception_statistics); rank 0 computes IS and FID, and the three
     numbers are broadcast, so every rank returns the same values. Whether
-    metrics are on is agreed by all ranks: a rank that cannot load Inception
-    turns them off everywhere. Only rank 0 needs the dataset's moments file.
+    metrics are on is agreed by all ranks (inception_utils.metric_inputs decides
+    on each): a rank that cannot load Inception turns them off everywhere, with
+    one line. Only rank 0 reads the dataset's moments file; when it exists but is
+    unusable, every rank raises InceptionMomentsInvalid.
     """
     import inception_utils as iu
-    data_mu = data_sigma = net = None
-    # First the moments (only rank 0 reads them), so that a missing file turns
-    # metrics off before any rank looks for Inception weights.
-    reason = None
-    if ctx.is_main and not config['no_fid']:
+    net = data = reason = invalid = None
+    inputs = functools.partial(iu.metric_inputs, config['dataset'], config['no_fid'],
+                               config['data_root'], config['inception_network'],
+                               config['inception_weights'], device=ctx.device,
+                               resolution=config.get('resolution'))
+    # Rank 0 decides first: it alone reads the moments, and the weights it finds (or
+    # downloads into the hub cache) are then there for the other ranks.
+    if ctx.is_main:
         try:
-            data_mu, data_sigma = iu.load_dataset_moments(config['dataset'], config['data_root'],
-                                                          config['inception_network'],
-                                                          config.get('resolution'))
-        except (OSError, ValueError) as err:
+            net, data = inputs()
+        except iu.InceptionMomentsInvalid as err:
+            invalid = str(err)
+        except iu.METRICS_UNAVAILABLE as err:
             reason = str(err)
-    if agree(reason is None, ctx):
+    if not agree(invalid is None, ctx):
+        raise iu.InceptionMomentsInvalid(invalid or 'the moments file is unusable (rank 0 '
+                                         'says why)')
+    if agree(reason is None, ctx) and not ctx.is_main:
         try:
-            net = iu.load_inception_net(False, config['inception_network'],
-                                        weights_path=config['inception_weights'],
-                                        device=ctx.device)
-        except (RuntimeError, OSError, ValueError) as err:
+            net, _ = inputs(moments=False)
+        except iu.METRICS_UNAVAILABLE as err:
             reason = str(err)
     if not agree(reason is None, ctx):
         log(f'IS/FID are off: {reason or "Inception could not be loaded on another process"}')
         return None
+    data_mu, data_sigma = data or (None, None)
 
     def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
                               use_torch=True):

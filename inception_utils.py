@@ -65,6 +65,16 @@ class InceptionMomentsMissing(FileNotFoundError):
     command that writes it."""
 
 
+class InceptionMomentsInvalid(ValueError):
+    """The dataset's moments file exists but cannot be used (unreadable, or not 2048-d pool
+    moments); the message names the file and the command that rebuilds it."""
+
+
+# Why IS/FID cannot run here (a file not made yet, offline): the one tuple every caller
+# catches, to turn metrics off or to stop, with the message as the one reason.
+METRICS_UNAVAILABLE = (InceptionMomentsMissing, InceptionWeightsUnavailable)
+
+
 # ---------------------------------------------------------------------------
 # TF1 resize
 # ---------------------------------------------------------------------------
@@ -364,19 +374,26 @@ def _read_state_dict(path, network):
     return state_dict
 
 
+def _local_weights(network, weights_path=None):
+    """The weights file of `network` that would be read without a download, or None."""
+    path = weights_path or os.path.join(torch.hub.get_dir(), 'checkpoints', _WEIGHTS[network][0])
+    return path if os.path.isfile(path) else None
+
+
+def _no_weights_file(network, weights_path):
+    return f'--inception_weights {weights_path}: no such file; {weights_help(network)}'
+
+
 def load_inception_state_dict(network='torchvision', weights_path=None):
     """The state dict of `network`'s weights: from `weights_path`, else the torch hub checkpoint
     dir, else downloaded (when online). Raises InceptionWeightsUnavailable otherwise."""
     _check_network(network)
     filename, url = _WEIGHTS[network]
-    if weights_path:
-        if not os.path.isfile(weights_path):
-            raise InceptionWeightsUnavailable(
-                f'--inception_weights {weights_path}: no such file; {weights_help(network)}')
-        return _read_state_dict(weights_path, network)
-    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', filename)
-    if os.path.isfile(cached):
-        return _read_state_dict(cached, network)
+    if weights_path and not os.path.isfile(weights_path):
+        raise InceptionWeightsUnavailable(_no_weights_file(network, weights_path))
+    local = _local_weights(network, weights_path)
+    if local:
+        return _read_state_dict(local, network)
     try:
         return _download_state_dict(url)
     except (urllib.error.URLError, OSError, http.client.HTTPException, RuntimeError) as err:
@@ -716,22 +733,57 @@ def load_dataset_moments(dataset, data_root='data', network='torchvision', resol
     """(mu (2048,), sigma (2048, 2048)) of `dataset`'s real images, for FID.
 
     Raises InceptionMomentsMissing naming the file and the command that makes
-    it, or ValueError for a file that does not hold 2048-d pool moments.
+    it, or InceptionMomentsInvalid (a ValueError) for a file that is unreadable
+    or does not hold 2048-d pool moments.
     resolution: the size of a generic dataset (--dataset folder).
     """
     path = moments_filename(dataset, data_root, network, resolution)
+    generic = dataset in datasets.DATASETS and datasets.is_generic(dataset)
+    size = f' --resolution {resolution}' if generic else ''
+    command = (f'python calculate_inception_moments.py --dataset {dataset}{size} --data_root '
+               f'{data_root} --inception_network {network}')
     if not os.path.isfile(path):
-        generic = dataset in datasets.DATASETS and datasets.is_generic(dataset)
-        size = f' --resolution {resolution}' if generic else ''
         raise InceptionMomentsMissing(
-            f'{path}: no Inception moments for FID; make them with `python '
-            f'calculate_inception_moments.py --dataset {dataset}{size} --data_root {data_root} '
-            f'--inception_network {network}` (or pass --no_fid)')
-    data_mu, data_sigma = load_moments(path)
+            f'{path}: no Inception moments for FID; make them with `{command}` '
+            '(or pass --no_fid)')
+    try:
+        data_mu, data_sigma = load_moments(path)
+    except ValueError as err:
+        raise InceptionMomentsInvalid(f'{err}; rebuild it with `{command}`') from None
     if data_mu.shape != (POOL_DIM,):
-        raise ValueError(f'{path}: holds {len(data_mu)}-d moments, not the {POOL_DIM}-d '
-                         'Inception pool features')
+        raise InceptionMomentsInvalid(
+            f'{path}: holds {len(data_mu)}-d moments, not the {POOL_DIM}-d Inception pool '
+            f'features; rebuild it with `{command}`')
     return data_mu, data_sigma
+
+
+def metric_inputs(dataset, no_fid=False, data_root='data', network='torchvision',
+                  weights_path=None, parallel=False, device=None, moments=True,
+                  resolution=None):
+    """What IS/FID need, found before a single image is sampled: (net, (mu, sigma) or None).
+
+    The one place that decides whether metrics can run (train.py, torchrun's
+    ranks and sample.py all ask it). moments=False (or no_fid) skips the
+    dataset's moments. Raises one of METRICS_UNAVAILABLE when the moments file
+    or the Inception weights are missing, the message naming each missing file
+    and how to get it (both at once when both are missing); a weights file that
+    is not the network's weights is InceptionWeightsUnavailable too. Raises
+    InceptionMomentsInvalid for a moments file that exists but is unusable.
+    resolution: the size of a generic dataset (--dataset folder), for its moments' name.
+    """
+    data = None
+    if moments and not no_fid:
+        try:
+            data = load_dataset_moments(dataset, data_root, network, resolution)
+        except InceptionMomentsMissing as err:
+            if _local_weights(network, weights_path) is None:
+                # Say both at once; nothing is downloaded for metrics that cannot run.
+                weights = (_no_weights_file(network, weights_path) if weights_path else
+                           f'the {network} Inception weights are not here either: '
+                           f'{weights_help(network)}')
+                raise InceptionMomentsMissing(f'{err}. And {weights}') from None
+            raise
+    return load_inception_net(parallel, network, weights_path, device), data
 
 
 def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
@@ -741,14 +793,12 @@ def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
     use_torch=True) -> (IS_mean, IS_std, FID)``.
 
     `sample()` returns (images (B, 3, H, W) in [-1, 1], labels). With no_fid, FID is NaN (it
-    never counts as a best FID). Raises InceptionMomentsMissing for a missing moments file and
-    InceptionWeightsUnavailable for missing weights, both before any sampling.
+    never counts as a best FID). Raises what metric_inputs raises, before any sampling.
     resolution: the size of a generic dataset (--dataset folder), for its moments' name.
     """
-    data_mu = data_sigma = None
-    if not no_fid:
-        data_mu, data_sigma = load_dataset_moments(dataset, data_root, network, resolution)
-    net = load_inception_net(parallel, network, weights_path)
+    net, data = metric_inputs(dataset, no_fid, data_root, network, weights_path, parallel,
+                              resolution=resolution)
+    data_mu, data_sigma = data or (None, None)
 
     def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
                               use_torch=True):

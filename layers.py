@@ -36,7 +36,7 @@ def power_iteration(W, us, update=True, eps=1e-12, grad=True):
     new_us, vs, svs = [], [], []
     for i, u in enumerate(us):
         with torch.no_grad():
-            v = F.normalize(_gram_schmidt(u @ W, vs), eps=eps)
+            v = F.normalize(_gram_schmidt(u.to(W.dtype) @ W, vs), eps=eps)
         vs.append(v)
         # W v serves both the new u and sigma = u^T W v; computing it once, with
         # grad, saves the extra matvec the original spends on sigma.
@@ -86,7 +86,9 @@ class SN:
         return self._normalized_weight()
 
     def _normalized_weight(self):
-        W_mat = self.weight.float().flatten(1)
+        # At least fp32 (fp16/bf16 weights are estimated in fp32), fp64 for fp64 weights;
+        # the u buffers follow whatever dtype the module was cast to.
+        W_mat = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32)).flatten(1)
         if self.transpose:
             W_mat = W_mat.t()
         us = self.u
@@ -199,7 +201,7 @@ NORM_STYLE_RE = re.compile(r'^(bn|in|nonorm|gn(_ch_\d+|_grp_\d+)?)$')
 
 
 def batch_stats(x, cross_replica=False):
-    """Per-channel batch mean and biased variance of x: (N, C, H, W), in fp32.
+    """Per-channel batch mean and biased variance of x: (N, C, H, W), in fp32 (fp64 for fp64 x).
 
     With cross_replica the statistics are reduced over every rank of the
     default process group (the hook used by sync_batchnorm).
@@ -209,7 +211,7 @@ def batch_stats(x, cross_replica=False):
         import sync_batchnorm
         if sync_batchnorm.is_distributed():
             return sync_batchnorm.global_batch_stats(x)
-    xf = x.float()
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     var, mean = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)
     return mean, var, x.numel() // x.shape[1]
 

@@ -68,6 +68,10 @@ def run(config, log=print):
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     utils.seed_rng(config['seed'])
     G, state_dict, experiment_name = load_generator(config, device)
+    # IS/FID's inputs are found before a single image is sampled.
+    get_inception_metrics = None
+    if config['sample_inception_metrics'] or config['sample_trunc_curves']:
+        get_inception_metrics = prepare_metrics(config)
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
     gen = utils.private_generator(config['seed'], device)
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,
@@ -92,7 +96,8 @@ def run(config, log=print):
         utils.sample_sheet(G, classes_per_sheet=config['classes_per_sheet'],
                            num_classes=config['n_classes'], samples_per_class=10,
                            parallel=config['parallel'], samples_root=config['samples_root'],
-                           experiment_name=experiment_name, folder_number=folder, generator=gen)
+                           experiment_name=experiment_name, folder_number=folder, z_=z_,
+                           generator=gen)
         log(f'Wrote class sheets to {os.path.join(root, str(folder))}')
     if config['sample_interps']:
         for fix_z, fix_y in ((False, False), (False, True), (True, False)):
@@ -100,15 +105,16 @@ def run(config, log=print):
                                num_classes=config['n_classes'], parallel=config['parallel'],
                                samples_root=config['samples_root'],
                                experiment_name=experiment_name, folder_number=folder,
-                               fix_z=fix_z, fix_y=fix_y, generator=gen)
+                               fix_z=fix_z, fix_y=fix_y, generator=gen, z_=z_)
         log(f'Wrote interpolation sheets to {os.path.join(root, str(folder))}')
     if config['sample_random']:
         images, _ = sample()
         path = os.path.join(root, str(folder), 'random_samples.jpg')
         utils.save_sheet(images, path, nrow=int(G_batch_size ** 0.5))
         log(f'Wrote {path}')
-    if config['sample_inception_metrics'] or config['sample_trunc_curves']:
-        results.update(_metrics(config, G, z_, y_, sample, state_dict, G_batch_size, log))
+    if get_inception_metrics is not None:
+        results.update(_metrics(config, G, z_, y_, sample, get_inception_metrics, state_dict,
+                                G_batch_size, log))
     return results
 
 
@@ -122,16 +128,23 @@ def sample_folder(config, itr):
     return f'sample_{number if number >= 0 else itr}'
 
 
-def _metrics(config, G, z_, y_, sample, state_dict, G_batch_size, log):
-    import inception_utils
+def prepare_metrics(config):
+    """get_inception_metrics for --sample_inception_metrics / --sample_trunc_curves; exits
+    with what is missing and how to get it when the weights or the moments are not usable."""
+    import inception_utils as iu
     try:
-        get_inception_metrics = inception_utils.prepare_inception_metrics(
+        return iu.prepare_inception_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'],
             network=config['inception_network'],
             weights_path=config['inception_weights'], resolution=config['resolution'])
-    except (RuntimeError, FileNotFoundError) as err:
-        utils.fail(str(err))
+    except (*iu.METRICS_UNAVAILABLE, iu.InceptionMomentsInvalid) as err:
+        flag = ('--sample_inception_metrics' if config['sample_inception_metrics']
+                else '--sample_trunc_curves')
+        utils.fail(f'{flag}: IS/FID cannot be computed: {err}')
+
+
+def _metrics(config, G, z_, y_, sample, get_inception_metrics, state_dict, G_batch_size, log):
     results = {}
 
     def measure(label):
@@ -144,17 +157,26 @@ def _metrics(config, G, z_, y_, sample, state_dict, G_batch_size, log):
         return {'IS_mean': IS_mean, 'IS_std': IS_std, 'FID': FID}
 
     if config['sample_inception_metrics']:
-        results['metrics'] = measure(f"truncation {config['truncation'] or 'none'}")
+        results['metrics'] = measure(f"z std {config['z_var']}, truncation "
+                                     f"{config['truncation'] or 'none'}")
     if config['sample_trunc_curves']:
+        # std: z's standard deviation at each point, as the original's curves;
+        # truncate: a standard normal truncated to [-t, t] at each point.
+        mode = config['sample_trunc_curves_mode']
         start, step, end = (float(v) for v in config['sample_trunc_curves'].split('_'))
         curve = []
         for t in trange(int(round((end - start) / step)) + 1, desc='truncations'):
-            z_.truncation = start + t * step
+            value = start + t * step
+            if mode == 'std':
+                z_.var = value
+            else:
+                z_.truncation = value
             if config['accumulate_stats']:
                 train_fns.accumulate_standing_stats(G, z_, y_, config['n_classes'],
                                                     config['num_standing_accumulations'])
-            curve.append({'truncation': z_.truncation,
-                          **measure(f'truncation {z_.truncation:.3f}')})
+            key, label = (('z_var', 'z std') if mode == 'std' else
+                          ('truncation', 'truncation'))
+            curve.append({'mode': mode, key: value, **measure(f'{label} {value:.3f}')})
         results['trunc_curve'] = curve
     return results
 

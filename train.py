@@ -24,15 +24,22 @@ import train_fns
 import utils
 
 
-def prepare_inception(config, log):
-    """get_inception_metrics, or None (said once) when Inception or its moments are missing."""
+def prepare_inception(config, log, ctx=None):
+    """get_inception_metrics for 1 or N processes, or None (said once) when Inception or the
+    dataset's moments are missing here; a moments file that exists but is unusable refuses
+    the run (before anything is written)."""
+    ctx = ctx or distributed.Context()
     try:
+        if ctx.distributed:
+            return distributed.prepare_inception_metrics(config, ctx, log)
         return inception_utils.prepare_inception_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'], network=config['inception_network'],
             weights_path=config['inception_weights'], resolution=config['resolution'])
-    except (RuntimeError, FileNotFoundError) as err:
+    except inception_utils.METRICS_UNAVAILABLE as err:
         log(f'IS/FID are off: {err}')
+    except inception_utils.InceptionMomentsInvalid as err:
+        _refuse(f'{err} (or train without IS/FID: --test_every 0)', ctx)
     return None
 
 
@@ -160,11 +167,11 @@ def _train(config, ctx, log):
     try:
         if config['resume']:
             utils.load_weights(G, D, state_dict, config['weights_root'], experiment_name,
-                               config['load_weights'] or None, G_ema)
+                               config['load_weights'] or None, G_ema, log=log)
         elif config['load_weights']:
             # Fine-tuning: weights only; optimizers, counters and RNG start fresh.
             utils.load_weights(G, D, {}, config['weights_root'], experiment_name,
-                               config['load_weights'], G_ema, load_optim=False)
+                               config['load_weights'], G_ema, load_optim=False, log=log)
     except utils.CheckpointError as err:
         _refuse(f'--resume/--load_weights: {err}', ctx)
     if config['resume']:
@@ -172,6 +179,11 @@ def _train(config, ctx, log):
     if state_dict.get('grad_scalers'):
         for key, scaler in scalers.items():
             scaler.load_state_dict(state_dict['grad_scalers'][key])
+
+    # Found (or found missing) before sampling or writing anything.
+    get_inception_metrics = None
+    if config['test_every'] > 0:
+        get_inception_metrics = prepare_inception(config, log, ctx)
 
     # One G iteration consumes a real batch for every D micro-batch.
     D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
@@ -225,10 +237,6 @@ def _train(config, ctx, log):
     log(f'Experiment {experiment_name}: G has {sum(p.numel() for p in G.parameters()):,} '
         f'parameters, D {sum(p.numel() for p in D.parameters()):,}; training on {where}.')
 
-    get_inception_metrics = None
-    if config['test_every'] > 0:
-        get_inception_metrics = (distributed.prepare_inception_metrics(config, ctx, log)
-                                 if ctx.distributed else prepare_inception(config, log))
     G_batch_size = max(config['G_batch_size'], config['batch_size'])
     # The global z/y: every rank draws the same values and takes its slice.
     z_, y_ = utils.prepare_z_y(G_batch_size, G.dim_z, config['n_classes'], device=device,

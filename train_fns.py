@@ -6,6 +6,7 @@ periodic save / sample / test steps of train.py.
 """
 import contextlib
 import json
+import math
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +43,11 @@ def _apply_ortho(model, strength, blacklist, off_diagonal):
         for param in model.parameters():
             if param.ndim < 2 or id(param) in skip or param.grad is None:
                 continue
-            w = param.view(param.shape[0], -1)
+            # reshape, not view: a channels-last conv weight is not contiguous as (out, -1).
+            w = param.reshape(param.shape[0], -1)
             if w.dtype in (torch.float16, torch.bfloat16):
                 w = w.float()
-            param.grad.add_(_ortho_grad(w, off_diagonal).view_as(param), alpha=strength)
+            param.grad.add_(_ortho_grad(w, off_diagonal).view(param.shape), alpha=strength)
 
 
 def ortho(model, strength=1e-4, blacklist=()):
@@ -327,13 +329,13 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                            num_classes=config['n_classes'], samples_per_class=10,
                            parallel=config['parallel'], samples_root=root,
                            experiment_name=experiment_name, folder_number=folder,
-                           generator=generator)
+                           z_=z_, generator=generator)
         for fix_z, fix_y in ((False, False), (False, True), (True, False)):
             utils.interp_sheet(which_G, num_per_sheet=16, num_midpoints=8,
                                num_classes=config['n_classes'], parallel=config['parallel'],
                                samples_root=root, experiment_name=experiment_name,
                                folder_number=folder, fix_z=fix_z, fix_y=fix_y,
-                               generator=generator)
+                               generator=generator, z_=z_)
     ema_G = G_ema if config['ema'] else None
     slot = state_dict['save_num']
     if config['num_save_copies'] > 0:
@@ -348,11 +350,17 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
     utils.save_weights(G, D, state_dict, config['weights_root'], experiment_name, None, ema_G)
 
 
+def _best_key(which_best):
+    return 'IS_mean' if which_best == 'IS' else 'FID'
+
+
 def rank_best(entries, which_best):
-    """Sort best-copy records (dicts with IS_mean, FID) from best to worst."""
-    if which_best == 'IS':
-        return sorted(entries, key=lambda e: -e['IS_mean'])
-    return sorted(entries, key=lambda e: e['FID'])
+    """Sort best-copy records (dicts with IS_mean, FID) from best to worst; a NaN (or
+    infinite) value of the ranking metric ranks below every number."""
+    key = _best_key(which_best)
+    sign = -1.0 if which_best == 'IS' else 1.0
+    return sorted(entries, key=lambda e: (not math.isfinite(e[key]),
+                                          sign * e[key] if math.isfinite(e[key]) else 0.0))
 
 
 def update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean, FID):
@@ -369,6 +377,8 @@ def update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean
         return None
     kept = list(state_dict.get('best_copies', []))
     new = {'itr': int(state_dict['itr']), 'IS_mean': float(IS_mean), 'FID': float(FID)}
+    if not math.isfinite(new[_best_key(config['which_best'])]):
+        return None  # a NaN is no result, let alone a best one
     if len(kept) < n:
         slot = min(set(range(n)) - {e['slot'] for e in kept})
     else:
@@ -412,8 +422,10 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
         if slot is not None:
             log(f"{config['which_best']} is among the {config['num_best_copies']} best so far: "
                 f'saved as best{slot}')
-    state_dict['best_IS'] = max(float(state_dict['best_IS']), IS_mean)
-    state_dict['best_FID'] = min(float(state_dict['best_FID']), FID)
+    if math.isfinite(IS_mean):
+        state_dict['best_IS'] = max(float(state_dict['best_IS']), IS_mean)
+    if math.isfinite(FID):
+        state_dict['best_FID'] = min(float(state_dict['best_FID']), FID)
     if write:
         test_log.log(itr=int(state_dict['itr']), IS_mean=IS_mean, IS_std=IS_std, FID=FID)
     return IS_mean, IS_std, FID

@@ -93,8 +93,8 @@ def prepare_parser():
         help='Size of the shared embedding; 0 means dim_z (default: %(default)s)')
     arg('--dim_z', type=int, default=128, help='Latent size (default: %(default)s)')
     arg('--z_var', type=float, default=1.0,
-        help='Scale of z: it is drawn with this standard deviation, as in the '
-             'original (default: %(default)s)')
+        help="Standard deviation of z (despite its name, as the original's sample.py uses "
+             'it), for training and every sample, sheet and metric (default: %(default)s)')
     arg('--hier', action='store_true', default=False,
         help='Hierarchical latent: feed a chunk of z to each G block (default: %(default)s)')
     arg('--cross_replica', action='store_true', default=False,
@@ -187,9 +187,10 @@ def prepare_parser():
     arg('--num_best_copies', type=int, default=2,
         help='Best-so-far checkpoints to keep (default: %(default)s)')
     arg('--which_best', type=str, default='IS',
-        help='Metric that ranks "best" checkpoints: IS or FID (default: %(default)s)')
+        help='Metric that ranks "best" checkpoints: IS or FID (not with --no_fid); a NaN '
+             'result never ranks (default: %(default)s)')
     arg('--no_fid', action='store_true', default=False,
-        help='Compute IS only, not FID (default: %(default)s)')
+        help='Compute IS only, not FID (FID is reported as NaN) (default: %(default)s)')
     arg('--test_every', type=int, default=5000,
         help='Compute IS/FID every this many iterations (default: %(default)s)')
     arg('--num_inception_images', type=int, default=50000,
@@ -214,7 +215,7 @@ def prepare_parser():
     arg('--samples_root', type=str, default='samples',
         help='Where sample sheets are stored (default: %(default)s)')
     arg('--pbar', type=str, default='mine',
-        help='Progress bar style; accepted for compatibility, always tqdm '
+        help='Progress bar style; accepted for compatibility, has no effect: always tqdm '
              '(default: %(default)s)')
     arg('--name_suffix', type=str, default='',
         help='Suffix appended to the experiment name (default: %(default)s)')
@@ -255,8 +256,8 @@ def prepare_parser():
     arg('--D_ortho', type=float, default=0.0,
         help="Strength of BigGAN's off-diagonal ortho reg in D (default: %(default)s)")
     arg('--toggle_grads', action='store_true', default=True,
-        help="Turn off requires_grad of the network not being trained (always on, "
-             'as in the original) (default: %(default)s)')
+        help='Accepted for compatibility: the network not being trained always has '
+             'requires_grad off, as in the original (default: %(default)s)')
 
     # Training function, resume and logs
     arg('--which_train_fn', type=str, default='GAN',
@@ -266,13 +267,19 @@ def prepare_parser():
     arg('--resume', action='store_true', default=False,
         help='Resume training from the latest checkpoint (default: %(default)s)')
     arg('--logstyle', type=str, default='%3.3e',
-        help='printf-style format of the per-metric training logs (default: %(default)s)')
+        help='printf-style format of the per-metric training logs; pickle, mat and npz are '
+             'accepted for compatibility and write text with %%3.3e, as in the original '
+             '(default: %(default)s)')
     arg('--log_G_spectra', action='store_true', default=False,
-        help="Log the singular values of G's SN layers (default: %(default)s)")
+        help='Accepted for compatibility; has no effect, as in the original: the singular '
+             'values of every SN layer of G and D are logged every --sv_log_interval '
+             '(default: %(default)s)')
     arg('--log_D_spectra', action='store_true', default=False,
-        help="Log the singular values of D's SN layers (default: %(default)s)")
+        help='Accepted for compatibility; has no effect, as in the original (see '
+             '--log_G_spectra) (default: %(default)s)')
     arg('--sv_log_interval', type=int, default=10,
-        help='Iterations between singular value logs (default: %(default)s)')
+        help='Iterations between logs of the singular values (num_G_SVs/num_D_SVs per SN '
+             'layer) of G and D; 0 for none (default: %(default)s)')
     return parser
 
 
@@ -293,13 +300,19 @@ def add_sample_parser(parser):
     arg('--sample_random', action='store_true', default=False,
         help='Write one sheet of random samples (default: %(default)s)')
     arg('--sample_trunc_curves', type=str, default='',
-        help='IS/FID over truncation values start_step_end, e.g. 0.2_0.1_1.0 '
+        help='IS/FID at each value of start_step_end, e.g. 0.05_0.05_1.0: by default each '
+             "value is z's standard deviation, as in the original (see "
+             '--sample_trunc_curves_mode) (default: %(default)s)')
+    arg('--sample_trunc_curves_mode', type=str, default='std', choices=('std', 'truncate'),
+        help="What --sample_trunc_curves varies: std (z's standard deviation, as the "
+             'original) or truncate (a standard normal truncated to [-t, t]) '
              '(default: %(default)s)')
     arg('--sample_inception_metrics', action='store_true', default=False,
         help='Compute IS/FID of the loaded model (default: %(default)s)')
     arg('--truncation', type=float, default=0.0,
-        help='Draw z from a normal truncated to [-t, t] (resampling values outside); '
-             '0 means no truncation (default: %(default)s)')
+        help='Draw z, for every output, from a standard normal truncated to [-t, t] '
+             '(resampling values outside), times --z_var; 0 means no truncation '
+             '(default: %(default)s)')
     return parser
 
 
@@ -391,6 +404,9 @@ def _check_flags(config):
                           "e.g. 64 or 32_64, or 0 for none")
     if config['which_best'] not in ('IS', 'FID'):
         errors.append(f"--which_best {config['which_best']}: use IS or FID")
+    elif config['which_best'] == 'FID' and config['no_fid']:
+        errors.append('--which_best FID with --no_fid: FID is not computed, so it cannot rank '
+                      'the best copies; use --which_best IS, or drop --no_fid')
     if config['which_train_fn'] not in ('GAN', 'dummy'):
         errors.append(f"--which_train_fn {config['which_train_fn']}: use GAN or dummy")
     for flag in ('batch_size', 'num_G_accumulations', 'num_D_accumulations', 'G_ch', 'D_ch',
@@ -547,10 +563,10 @@ ARCH_FLAGS = ('dataset', 'resolution', 'model', 'G_param', 'D_param', 'G_ch', 'D
               'BN_eps', 'SN_eps', 'num_G_SVs', 'num_D_SVs')
 # Where things are on this machine and how this one invocation runs: never taken from a
 # saved run (its paths were resolved elsewhere, perhaps on another machine).
-LOCAL_FLAGS = ('experiment_name', 'name_suffix', 'hashname', 'config_from_name', 'resume',
+LOCAL_FLAGS = ('experiment_name', 'name_suffix', 'hashname', 'resume',
                'load_weights', 'skip_init', 'base_root', 'data_root', 'weights_root',
                'logs_root', 'samples_root', 'inception_weights', 'num_workers', 'pin_memory',
-               'load_in_mem', 'parallel', 'compile', 'pbar')
+               'load_in_mem', 'parallel', 'compile')
 # The released checkpoints' config predates the parser; these values are mapped.
 _LEGACY_VALUES = {'model': {'model': 'BigGAN'}}
 
@@ -717,16 +733,28 @@ class Distribution(torch.Tensor):
         the TF Hub generators expect), then scaled by var.
         """
         if self.dist_type == 'normal':
-            if self.truncation > 0:
-                torch.nn.init.trunc_normal_(self, 0.0, 1.0, -self.truncation, self.truncation,
-                                            generator=self.generator)
-                if self.var != 1.0:
-                    self.mul_(self.var)
-            else:
-                self.normal_(self.mean, self.var, generator=self.generator)
+            self._fill_normal(self, self.generator)
         elif self.dist_type == 'categorical':
             self.random_(0, self.num_categories, generator=self.generator)
         return self
+
+    def _fill_normal(self, out, generator):
+        if self.truncation > 0:
+            torch.nn.init.trunc_normal_(out, 0.0, 1.0, -self.truncation, self.truncation,
+                                        generator=generator)
+            if self.var != 1.0:
+                out.mul_(self.var)
+        else:
+            out.normal_(self.mean, self.var, generator=generator)
+        return out
+
+    def draw(self, *shape, generator=None):
+        """A new plain tensor of `shape` (default: this one's) from the same normal
+        distribution (std var, truncation), drawn from `generator` or this one's."""
+        if self.dist_type != 'normal':
+            raise ValueError('draw() is for the latent (normal) distribution')
+        out = torch.empty(shape or self.shape, device=self.device, dtype=self.dtype)
+        return self._fill_normal(out, generator or self.generator)
 
 
 def prepare_z_y(G_batch_size, dim_z, nclasses, device='cuda', fp16=False, z_var=1.0,
@@ -1265,10 +1293,59 @@ def check_training_state(state, path):
     return state
 
 
-def _check_module_state(net, state, path, strict, what):
+_SYNC_BN_NAMES = {'running_mean': 'stored_mean', 'running_var': 'stored_var'}
+
+
+def _map_sync_bn_keys(own, state):
+    """The original's --cross_replica batch-norm buffers under our names.
+
+    With --cross_replica the original's BNs hold SyncBN buffers
+    (<bn>.bn.running_mean, .running_var, .num_batches_tracked); ours hold
+    stored_mean/stored_var (bn.stored_* with --mybn) whatever --cross_replica
+    is, with the same statistics (momentum averages, unbiased variance).
+    Returns (state, whether anything was renamed).
+    """
+    out, renamed = {}, False
+    for key, value in state.items():
+        head, _, leaf = key.rpartition('.')
+        if key in own or not head.endswith('.bn') or leaf not in (*_SYNC_BN_NAMES,
+                                                                 'num_batches_tracked'):
+            out[key] = value
+            continue
+        renamed = True
+        if leaf == 'num_batches_tracked':
+            continue  # momentum BN never reads it
+        base, name = head[:-len('.bn')], _SYNC_BN_NAMES[leaf]
+        target = next((t for t in (f'{base}.{name}', f'{base}.bn.{name}') if t in own), key)
+        out[target] = value
+    if renamed:
+        # myBN's standing-statistics counter has no SyncBN counterpart: it starts empty.
+        for key, value in own.items():
+            if key.endswith('.bn.accumulation_counter') and key not in out:
+                out[key] = torch.zeros_like(value)
+    return out, renamed
+
+
+def _check_module_state(net, state, path, strict, what, notes):
+    """The state dict `state` (read from `path`), mapped onto `net`'s layout and checked to fit.
+
+    The original's layouts that differ from ours (its --cross_replica BN keys, its
+    BigGAN-deep G) are mapped in memory, each appended to `notes`. Returns
+    (state, convert): convert(name, tensor) maps per-parameter tensors such as the
+    optimizer's moments the same way, or is None.
+    """
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise CheckpointError(f'{path}: not a {what} state dict (a dict of tensors)')
     own = net.state_dict()
+    state, renamed = _map_sync_bn_keys(own, state)
+    if renamed:
+        notes.append(f"{os.path.basename(path)} (the original's --cross_replica BN keys)")
+    convert = None
+    if hasattr(net, 'adapt_original_state'):
+        state, convert = net.adapt_original_state(state)
+        if convert is not None:
+            notes.append(f"{os.path.basename(path)} (the original's BigGAN-deep G: [y, z] "
+                         'latent, 3-channel output conv)')
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f'{k} {tuple(state[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
@@ -1286,7 +1363,20 @@ def _check_module_state(net, state, path, strict, what):
             f'{path} does not fit the {what} built from these flags: {detail}. Use the flags '
             'the checkpoint was trained with (model, widths, attention, hier, shared_dim, '
             'dim_z, mybn, ...)')
-    return state
+    return state, convert
+
+
+def _convert_optim_state(net, optim_state, convert):
+    """Map the per-parameter tensors of an Adam state dict of `net` with convert(name, t)."""
+    names = [name for name, _ in net.named_parameters()]
+    if not (isinstance(optim_state, dict) and isinstance(optim_state.get('state'), dict)):
+        return optim_state  # _check_optimizer_state refuses it
+    state = {index: {k: convert(names[index], v) if torch.is_tensor(v) and v.ndim else v
+                     for k, v in entry.items()}
+             if isinstance(index, int) and 0 <= index < len(names) and isinstance(entry, dict)
+             else entry
+             for index, entry in optim_state['state'].items()}
+    return {**optim_state, 'state': state}
 
 
 def _check_optimizer_state(optim, state, path):
@@ -1325,14 +1415,16 @@ def checkpoint_exists(weights_root, experiment_name, name_suffix=None):
 
 
 def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=None,
-                 G_ema=None, strict=True, load_optim=True):
+                 G_ema=None, strict=True, load_optim=True, log=print):
     """Load a checkpoint set into G, D (and their optimizers), G_ema and state_dict.
 
     Keys of the saved state dict that `state_dict` also has are copied into it;
     itr, epoch and the like therefore resume. Any of G, D, G_ema may be None.
     Reads the last committed set and changes nothing on disk. Every file is
     checked before any model is touched; CheckpointError names the file that is
-    missing or does not fit.
+    missing or does not fit. Files in the original's layouts where ours differs
+    (its --cross_replica BN keys, its BigGAN-deep G) are mapped in memory, said in
+    one `log` line.
     """
     root = os.path.join(weights_root, experiment_name)
     nets = [(net, part) for net, part in ((G, 'G'), (D, 'D'), (G_ema, 'G_ema')) if net is not None]
@@ -1351,12 +1443,19 @@ def load_weights(G, D, state_dict, weights_root, experiment_name, name_suffix=No
             raise CheckpointError(f'{path[part]} does not exist: the checkpoint set in {root} '
                                   'is incomplete')
     saved = check_training_state(loaded['state_dict'], path['state_dict'])
-    updates = []
+    updates, notes = [], []
     for net, part in nets:
-        updates.append((net, _check_module_state(net, loaded[part], path[part], strict, part)))
+        state, convert = _check_module_state(net, loaded[part], path[part], strict, part, notes)
+        updates.append((net, state))
         if load_optim and part != 'G_ema':
+            optim_state = loaded[f'{part}_optim']
+            if convert is not None:
+                optim_state = _convert_optim_state(net, optim_state, convert)
             updates.append((net.optim, _check_optimizer_state(
-                net.optim, loaded[f'{part}_optim'], path[f'{part}_optim'])))
+                net.optim, optim_state, path[f'{part}_optim'])))
+    if notes:
+        log(f"{root}: mapped onto this model's layout in memory (the files are unchanged): "
+            f"{', '.join(notes)}")
     for target, state in updates:
         if isinstance(target, nn.Module):
             target.load_state_dict(state, strict=strict)
@@ -1556,19 +1655,30 @@ def save_sheet(images, path, nrow):
                                      value_range=(-1, 1), format=image_format)
 
 
+def _latent(z_, G, device):
+    """The z distribution of sheets: z_'s (std z_var, --truncation), else N(0, 1)."""
+    if z_ is None:
+        z_ = torch.zeros(1, G.dim_z, device=device).as_subclass(Distribution)
+        z_.init_distribution('normal', mean=0, var=1.0)
+    return z_
+
+
 def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,
                  samples_root, experiment_name, folder_number, z_=None, generator=None):
     """Class-conditional sheets samples/<exp>/<folder>/samples<i>.jpg: a row per class.
 
-    Each row shows `samples_per_class` samples of one class.
+    Each row shows `samples_per_class` samples of one class, with z drawn from
+    z_'s distribution (prepare_z_y's z: std z_var, truncation), from `generator`
+    when given.
     """
     device = _device_of(G)
+    z_ = _latent(z_, G, device)
     for i in range(max(num_classes // classes_per_sheet, 1)):
         count = min(classes_per_sheet, num_classes)
         y = torch.arange(i * count, (i + 1) * count, device=device)
         rows = []
         for _ in range(samples_per_class):
-            z = torch.randn(count, G.dim_z, device=device, generator=generator)
+            z = z_.draw(count, G.dim_z, generator=generator)
             with torch.no_grad():
                 rows.append(G(z, G.shared(y)).cpu())
         ims = torch.stack(rows, 1).flatten(0, 1)
@@ -1584,17 +1694,19 @@ def interp(x0, x1, num_midpoints):
 
 def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples_root,
                  experiment_name, folder_number, sheet_number=0, fix_z=False, fix_y=False,
-                 device=None, generator=None):
+                 device=None, generator=None, z_=None):
     """Interpolation sheet samples/<exp>/<folder>/interp{Z}{Y}<n>.jpg.
 
     Each row interpolates between two draws; fix_z keeps z fixed along a row
     (class interpolation), fix_y keeps the class fixed (latent interpolation).
+    The end points' z come from z_'s distribution, as in sample_sheet.
     """
     device = device or _device_of(G)
+    z_ = _latent(z_, G, device)
     steps = num_midpoints + 2
 
     def draw_z():
-        return torch.randn(num_per_sheet, 1, G.dim_z, device=device, generator=generator)
+        return z_.draw(num_per_sheet, 1, G.dim_z, generator=generator)
 
     def draw_y():
         classes = torch.randint(0, num_classes, (num_per_sheet,), device=device,

@@ -12,7 +12,7 @@ python train.py \
 --SN_eps 1e-6 --BN_eps 1e-5 --adam_eps 1e-6 \
 --G_ortho 0.0 \
 --G_shared \
---G_init ortho --D_init ortho --skip_init \
+--G_init ortho --D_init ortho \
 --hier --dim_z 128 --shared_dim 128 \
 --ema --use_ema --ema_start 20000 --G_eval_mode \
 --test_every 2000 --save_every 500 --num_best_copies 5 --num_save_copies 2 --seed 0 \

@@ -1,10 +1,12 @@
 #!/bin/bash
 # Sample from the 128x128 model trained by launch_BigGAN_bs256x8.sh (or the released checkpoint:
-# see README, "Released checkpoints"): sheets, interpolations, an npz of 5000 samples, and
-# IS/FID across truncation values. Standing statistics: add --mybn --accumulate_stats
-# --num_standing_accumulations 32 (for a model trained with --mybn).
+# see README, "Released checkpoints"): an npz of 50000 samples, sheets, interpolations, a random
+# sheet, IS/FID, and IS/FID as z's standard deviation goes from 0.05 to 1.0. --z_var sets z's
+# standard deviation for all of it. Standing statistics: add --mybn --accumulate_stats
+# --num_standing_accumulations 32. G samples batches of 512; on a smaller GPU use
+# sample_BigGAN_bs256x8_small.sh.
 python sample.py \
---dataset I128_hdf5 --parallel --shuffle  --num_workers 2 --batch_size 256 \
+--dataset I128_hdf5 --parallel --shuffle  --num_workers 8 --batch_size 256 \
 --num_G_accumulations 8 --num_D_accumulations 8 \
 --num_D_steps 1 --G_lr 1e-4 --D_lr 4e-4 --D_B2 0.999 --G_B2 0.999 \
 --G_attn 64 --D_attn 64 \
@@ -17,9 +19,6 @@ python sample.py \
 --hier --dim_z 120 --shared_dim 128 \
 --ema --ema_start 20000 \
 --use_multiepoch_sampler \
---sample_npz --sample_num_npz 5000 \
---sample_sheets \
---sample_interps \
---sample_sheet_folder_num 1 \
 --test_every 2000 --save_every 1000 --num_best_copies 5 --num_save_copies 2 --seed 0 \
---G_batch_size 256 --use_ema --G_eval_mode --sample_trunc_curves 0.05_0.05_1.0 "$@"
+--skip_init --G_batch_size 512  --use_ema --G_eval_mode --sample_trunc_curves 0.05_0.05_1.0  \
+--sample_inception_metrics --sample_npz  --sample_random --sample_sheets --sample_interps "$@"

@@ -450,3 +450,26 @@ def test_checkpoint_set_size_is_known_from_the_models(tmp_path):
                   for part in ('G', 'G_optim', 'D', 'D_optim', 'G_ema'))
     estimate = utils.checkpoint_set_bytes(G, D, G_ema)
     assert estimate <= on_disk <= 1.1 * estimate
+
+
+@pytest.mark.parametrize('which_best', ['IS', 'FID'])
+def test_nan_results_never_rank_as_best(tmp_path, which_best):
+    config, G, D, G_ema = _models()
+    config = {**config, 'num_best_copies': 2, 'which_best': which_best,
+              'weights_root': str(tmp_path)}
+    state = _state(config, 0)
+    nan = float('nan')
+    # (IS, FID) per test: NaN in the ranking metric saves nothing, even into free slots.
+    results = {'IS': [(nan, 50.0), (2.0, 60.0), (nan, 40.0), (3.0, 70.0), (1.0, 30.0)],
+               'FID': [(2.0, nan), (3.0, 60.0), (4.0, nan), (1.0, 50.0), (5.0, 70.0)]}
+    for itr, (IS, FID) in enumerate(results[which_best], 1):
+        state['itr'] = itr
+        slot = train_fns.update_best_copies(G, D, G_ema, state, config, 'exp', IS, FID)
+        assert (slot is None) == (itr in (1, 3, 5))
+    assert [e['itr'] for e in state['best_copies']] == [4, 2]
+    for e in state['best_copies']:
+        saved = utils.torch_load(str(tmp_path / 'exp' / f"state_dict_best{e['slot']}.pth"))
+        assert saved['itr'] == e['itr']
+    ranked = train_fns.rank_best([{'IS_mean': nan, 'FID': nan}, {'IS_mean': 1.0, 'FID': 9.0}],
+                                 which_best)
+    assert ranked[0]['IS_mean'] == 1.0

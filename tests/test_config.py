@@ -72,6 +72,7 @@ def test_derived_keys():
     (['--norm_style', 'ln'], '--norm_style ln'),
     (['--model', 'StyleGAN'], '--model StyleGAN'),
     (['--which_best', 'KID'], '--which_best KID'),
+    (['--no_fid', '--which_best', 'FID'], '--which_best FID with --no_fid'),
     (['--batch_size', '0'], '--batch_size 0'),
     (['--G_param', 'SVD'], '--G_param SVD'),
     (['--logstyle', 'fancy'], '--logstyle fancy'),
@@ -182,3 +183,22 @@ def test_old_utils_names_still_resolve():
         assert getattr(utils, name) is getattr(train_fns, name)
     with pytest.raises(AttributeError):
         utils.no_such_helper  # noqa: B018
+
+
+# Flags the original accepts and never reads (nor do we): their help must say so.
+IGNORED_FLAGS = ('log_G_spectra', 'log_D_spectra', 'config_from_name', 'pbar')
+
+
+def test_flags_that_do_nothing_say_so_and_are_never_read(tmp_path):
+    helps = {a.dest: a.help for a in _full_parser()._actions}
+    code = '\n'.join(p.read_text() for p in ROOT.glob('*.py'))
+    for dest in IGNORED_FLAGS:
+        assert 'compatibility' in helps[dest] and 'no effect' in helps[dest], dest
+        assert f"'{dest}'" not in code and f'"{dest}"' not in code, dest
+    # --toggle_grads is always on, so giving it changes nothing either.
+    assert 'compatibility' in helps['toggle_grads']
+    assert tiny_config('--toggle_grads') == tiny_config()
+    # The original's non-printf log styles are accepted and write text, as its own did.
+    assert 'compatibility' in helps['logstyle']
+    utils.MyLogger(str(tmp_path), logstyle='pickle').log(3, G_loss=0.5)
+    assert (tmp_path / 'G_loss.log').read_text() == '3: 5.000e-01\n'

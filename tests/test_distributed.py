@@ -125,6 +125,13 @@ def _gloo_worker(rank, world_size, port, run_port, out_dir, data_root):
         missing = {**config, 'data_root': os.path.join(data_root, 'nowhere')}
         results['missing'] = distributed.prepare_inception_metrics(missing, ctx, said.append)
         results['missing_said'] = said
+        # A moments file that exists but is corrupt (only rank 0 reads it): every rank raises.
+        try:
+            distributed.prepare_inception_metrics(
+                {**config, 'data_root': os.path.join(data_root, 'corrupt')}, ctx, said.append)
+            results['invalid'] = None
+        except inception_utils.InceptionMomentsInvalid as err:
+            results['invalid'] = str(err)
         results['mean'] = distributed.all_mean({'v': torch.tensor(float(rank + 1))}, ctx)['v']
         results['agree'] = distributed.agree(rank == 0, ctx), distributed.agree(True, ctx)
         torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
@@ -157,6 +164,8 @@ def gloo_results(tmp_path_factory):
     np.savez(data_root / 'Digits32_inception_moments.npz',
              mu=torch.rand(16, generator=g, dtype=torch.float64).numpy(),
              sigma=(a @ a.T / 16 + torch.eye(16, dtype=torch.float64)).numpy())
+    (data_root / 'corrupt').mkdir()
+    (data_root / 'corrupt' / 'Digits32_inception_moments.npz').write_bytes(b'not an npz')
     ports = _free_port(), _free_port()
     mp.spawn(_gloo_worker, args=(2, *ports, str(out_dir), str(data_root)), nprocs=2, join=True)
     results = [torch.load(out_dir / f'rank{r}.pt', weights_only=True) for r in range(2)]
@@ -225,6 +234,14 @@ def test_metrics_from_all_ranks_equal_one_process_metrics_on_the_same_images(
 def test_metrics_are_off_on_every_rank_when_the_moments_are_missing(gloo_results):
     assert [r['missing'] for r in gloo_results] == [None, None]
     assert 'no Inception moments' in gloo_results[0]['missing_said'][0]
+    assert len(gloo_results[0]['missing_said']) == 1
+
+
+def test_a_corrupt_moments_file_is_refused_on_every_rank(gloo_results):
+    main, other = (r['invalid'] for r in gloo_results)
+    assert 'Digits32_inception_moments.npz: cannot read it' in main
+    assert 'calculate_inception_moments.py --dataset Digits32' in main
+    assert other is not None  # the other rank stops too, without reading the file
 
 
 def test_train_run_under_two_processes_logs_metrics_once(gloo_results):

@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import BigGAN
 import layers
+from conftest import tiny_config
 
 
 def _well_separated(out, inp, seed=0):
@@ -285,3 +287,38 @@ def test_embedding_ccbn_accepts_one_hot_class_weights():
     expected = (x[:1] - bn.stored_mean.view(1, -1, 1, 1)) / torch.sqrt(
         bn.stored_var.view(1, -1, 1, 1) + bn.eps) * gain.view(1, -1, 1, 1) + bias
     torch.testing.assert_close(bn(x[:1], mix), expected)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float16, torch.bfloat16])
+def test_spectral_norm_works_in_the_dtype_the_module_is_cast_to(dtype):
+    torch.manual_seed(0)
+    for layer in (layers.SNLinear(12, 7, num_itrs=50), layers.SNConv2d(4, 6, 3, num_itrs=50)):
+        layer = layer.to(dtype)
+        layer.train()
+        W = layer.W_()
+        assert W.dtype == dtype and layer.u0.dtype == dtype
+        top = torch.linalg.svdvals(layer.weight.double().flatten(1))[0]
+        if dtype == torch.float64:
+            # 50 power steps from a random start: sigma to float64 precision.
+            torch.testing.assert_close(layer.sv0.double()[0], top, rtol=1e-10, atol=0)
+            assert torch.linalg.svdvals(W.flatten(1))[0].item() == pytest.approx(1.0, abs=1e-10)
+        else:
+            assert layer.sv0.double()[0].item() == pytest.approx(top.item(), rel=1e-2)
+        shape = (2, 12) if isinstance(layer, torch.nn.Linear) else (2, 4, 5, 5)
+        x = torch.randn(shape, dtype=dtype)
+        assert layer(x).dtype == dtype
+
+
+def test_a_float64_generator_matches_the_float32_one():
+    torch.manual_seed(0)
+    config = tiny_config('--G_shared', '--hier', '--dim_z', '20', '--shared_dim', '8')
+    G = BigGAN.Generator(**config)
+    G64 = BigGAN.Generator(**config)
+    G64.load_state_dict(G.state_dict())
+    G64.double()
+    z, y = torch.randn(4, G.dim_z), torch.arange(4)
+    for net in (G, G64):
+        net.train()
+    out, out64 = G(z, G.shared(y)), G64(z.double(), G64.shared(y))
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), out, rtol=1e-4, atol=1e-5)

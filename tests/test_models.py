@@ -178,3 +178,37 @@ def test_non_hier_unshared_generator_uses_class_embeddings():
     assert isinstance(G.blocks[0][0].bn1.gain, torch.nn.Embedding)
     out = G(torch.randn(2, G.dim_z), G.shared(torch.tensor([3, 4])))
     assert out.shape == (2, 3, 32, 32)
+
+
+def _layout(net):
+    return [[k, list(v.shape), str(v.dtype).removeprefix('torch.')]
+            for k, v in net.state_dict().items()]
+
+
+def test_deep_D_has_the_originals_layout_and_G_differs_only_in_its_output_conv(shared_spec):
+    spec = json.loads((shared_spec / 'checkpoints' / 'original_BigGANdeep_I128_ch128.json')
+                      .read_text())
+    config = utils.parse_config(utils.prepare_parser(), spec['flags'].split() + ['--skip_init'])
+    D = BigGANdeep.Discriminator(**config)
+    # One list per stage: blocks.<stage>.<depth>, the stage's attention at blocks.<stage>.2.
+    assert _layout(D) == spec['D']['state_dict']
+    assert [k for k, _ in D.named_parameters()] == spec['D']['parameter_order']
+    assert sum(p.numel() for p in D.parameters()) == spec['D']['num_parameters']
+    # Our deep G follows TF Hub: a final conv to G_ch channels (the original's has 3).
+    G = BigGANdeep.Generator(**config, no_optim=True)
+    assert [k for k, _ in G.named_parameters()] == spec['G']['parameter_order']
+    differ = [(a, b) for a, b in zip(_layout(G), spec['G']['state_dict']) if a != b]
+    assert [a[0] for a, _ in differ] == ['output_layer.2.weight', 'output_layer.2.bias',
+                                         'output_layer.2.u0']
+    assert all(b[1][0 if b[0].endswith(('weight', 'bias')) else 1] == 3 for _, b in differ)
+    assert len(_layout(G)) == len(spec['G']['state_dict'])
+
+
+def test_deep_D_with_depth_keeps_each_stage_in_one_list():
+    config = tiny_config('--model', 'BigGANdeep', '--G_depth', '1', '--D_depth', '3',
+                         '--D_attn', '8')
+    D = BigGANdeep.Discriminator(**config)
+    stages = [[type(m).__name__ for m in stage] for stage in D.blocks]
+    assert len(stages) == len(D.arch['out_channels'])
+    assert stages[1] == ['DBlock'] * 3 + ['Attention'] and stages[0] == ['DBlock'] * 3
+    assert D(torch.randn(2, 3, 32, 32), torch.tensor([0, 1])).shape == (2, 1)

@@ -1,6 +1,7 @@
 """sample.py from a tiny trained checkpoint, and the released checkpoints' legacy format."""
 import functools
 import os
+import re
 import shutil
 
 import numpy as np
@@ -63,8 +64,9 @@ def test_every_sampling_output_is_written(trained):
             assert im.size[0] > 32 and im.getextrema() != ((0, 0),) * 3
     metrics = results['metrics']
     assert 1.0 <= metrics['IS_mean'] <= 1008 and np.isfinite(metrics['FID'])
-    curve = results['trunc_curve']
-    assert [round(p['truncation'], 3) for p in curve] == [0.5, 0.75, 1.0]
+    curve = results['trunc_curve']  # z's standard deviation, as in the original
+    assert [(p['mode'], round(p['z_var'], 3)) for p in curve] == [('std', 0.5), ('std', 0.75),
+                                                                    ('std', 1.0)]
     assert all(np.isfinite(p['FID']) for p in curve)
 
 
@@ -222,3 +224,131 @@ def test_released_checkpoint_samples_without_its_flags(tmp_path):
     assert sconfig['model'] == 'BigGAN' and sconfig['data_root'] == str(tmp_path / 'data')
     loaded, _, _ = sample.load_generator(sconfig, 'cpu')
     assert all(torch.equal(v, G.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def _recording_latents(monkeypatch):
+    """Make sample.load_generator's G record every z it is called with."""
+    seen = []
+    load = sample.load_generator
+
+    def load_and_record(config, device):
+        G, state, name = load(config, device)
+        G.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+        return G, state, name
+    monkeypatch.setattr(sample, 'load_generator', load_and_record)
+    return seen
+
+
+def _endpoints(z):
+    """The z a sheet drew: all of a class or random sheet's, an interpolation's end points."""
+    if z.shape[0] == 16 * 10:  # 16 rows of 8 midpoints plus 2 ends
+        return z.view(16, 10, -1)[:, [0, -1]].flatten(0, 1)
+    return z
+
+
+def test_every_sheet_draws_z_from_the_configured_distribution(trained, monkeypatch):
+    root, _ = trained
+    jobs = ['--sample_sheets', '--sample_interps', '--sample_random', '--G_batch_size', '20',
+            '--sample_sheet_folder_num', '91']
+    seen = _recording_latents(monkeypatch)
+    sample.run(_sample_config(root, *jobs, '--truncation', '0.5'), log=lambda m: None)
+    assert len(seen) == 10 + 3 + 1  # 10 rows of class sheets, 3 interpolation sheets, random
+    assert all(z.abs().max() <= 0.5 for z in seen)
+    seen.clear()
+    sample.run(_sample_config(root, *jobs, '--z_var', '0.1'), log=lambda m: None)
+    assert len(seen) == 14
+    for z in seen:
+        assert _endpoints(z).std().item() == pytest.approx(0.1, rel=0.15), z.shape
+
+
+def test_training_sheets_draw_z_with_z_var(tmp_path):
+    import train_fns
+    config = utils.parse_config(utils.prepare_parser(), TRAIN + [
+        '--base_root', str(tmp_path), '--z_var', '0.1', '--num_save_copies', '0'])
+    torch.manual_seed(0)
+    G, D = BigGAN.Generator(**config), BigGAN.Discriminator(**config)
+    G_ema = BigGAN.Generator(**{**config, 'no_optim': True})
+    draws = [utils.prepare_z_y(20, G.dim_z, 10, device='cpu', z_var=config['z_var'],
+                               generator=utils.private_generator(seed, 'cpu'))
+             for seed in (0, 1)]
+    seen = []
+    G.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    state = {'itr': 1, 'epoch': 0, 'save_num': 0, 'config': config}
+    train_fns.save_and_sample(G, D, G_ema, *draws[0], *draws[1], state,
+                              {**config, 'use_ema': False}, 'exp',
+                              generator=utils.private_generator(2, 'cpu'))
+    assert len(seen) == 1 + 10 + 3  # fixed sheet, 10 class-sheet rows, 3 interpolations
+    for z in seen:
+        assert _endpoints(z).std().item() == pytest.approx(0.1, rel=0.15), z.shape
+
+
+class _TinyInception(torch.nn.Module):
+    """images (B, 3, H, W) -> (pool (B, 8), logits (B, 5)): Inception's interface, cheaply."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool, self.logits = torch.nn.Linear(12, 8), torch.nn.Linear(12, 5)
+
+    def forward(self, x):
+        f = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+        return self.pool(f), self.logits(f)
+
+
+def test_trunc_curves_vary_the_std_of_z_by_default_or_truncate(trained, monkeypatch):
+    root, _ = trained
+    monkeypatch.setattr(inception_utils, 'load_inception_net', lambda *a, **k: _TinyInception())
+    metric_flags = ['--num_inception_images', '10', '--G_batch_size', '10', '--no_fid']
+    seen = _recording_latents(monkeypatch)
+    for mode, check in (('std', lambda z, v: z.std().item() == pytest.approx(v, rel=0.1)),
+                        ('truncate', lambda z, v: z.abs().max() <= v)):
+        seen.clear()
+        said = []
+        argv = ['--sample_trunc_curves', '0.25_0.25_0.5', *metric_flags]
+        if mode == 'truncate':
+            argv += ['--sample_trunc_curves_mode', 'truncate']
+        curve = sample.run(_sample_config(root, *argv), log=said.append)['trunc_curve']
+        key, label = ('z_var', 'z std') if mode == 'std' else ('truncation', 'truncation')
+        assert [(p['mode'], p[key]) for p in curve] == [(mode, 0.25), (mode, 0.5)]
+        # Each line says which curve it is on.
+        assert [re.search(rf'{label} (0\.\d+),', line).group(1) for line in said] == [
+            '0.250', '0.500']
+        # One batch per point (10 images, G batch 10): the z of that point's images.
+        assert len(seen) == 2
+        for z, point in zip(seen, curve):
+            assert check(z, point[key]), (mode, point)
+    assert utils.add_sample_parser(utils.prepare_parser()).parse_args(
+        []).sample_trunc_curves_mode == 'std'
+
+
+def test_offline_metrics_fail_before_sampling_naming_what_is_missing(tmp_path, trained,
+                                                                     monkeypatch, capsys):
+    root, weights = trained
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'hub'))
+    seen = _recording_latents(monkeypatch)
+    nowhere = str(tmp_path / 'nowhere')
+    for argv, expected in (
+            # No moments and no weights: both, with how to get each.
+            (['--data_root', nowhere], ['calculate_inception_moments.py --dataset Digits32',
+                                        inception_utils.TORCHVISION_WEIGHTS_FILE,
+                                        '--inception_weights']),
+            # Moments there (tf), the weights file not: the weights, and where they go.
+            (['--inception_network', 'tf', '--inception_weights', nowhere],
+             [f'--inception_weights {nowhere}: no such file']),
+            # A corrupt moments file is named too.
+            (['--data_root', str(tmp_path), '--inception_network', 'tf', '--inception_weights',
+              str(weights)], ['Digits32_inception_moments_tf.npz: cannot read it'])):
+        (tmp_path / 'Digits32_inception_moments_tf.npz').write_bytes(b'not an npz')
+        data_root = argv[1] if argv[0] == '--data_root' else None
+        config = _sample_config(root, '--sample_npz', '--sample_num_npz', '5',
+                                '--sample_inception_metrics', '--sample_sheet_folder_num', '92',
+                                *(argv[2:] if data_root else argv))
+        if data_root:
+            config['data_root'] = data_root  # --base_root would peg a typed one
+        with pytest.raises(SystemExit) as err:
+            sample.run(config, log=lambda m: None)
+        message = capsys.readouterr().err
+        assert err.value.code == 2 and message.count('\n') == 1, message
+        assert '--sample_inception_metrics: IS/FID cannot be computed' in message
+        for part in expected:
+            assert part in message, (part, message)
+        assert seen == []  # G never ran: no image was sampled

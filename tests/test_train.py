@@ -394,3 +394,26 @@ def test_sample_sheets_are_written_atomically(tmp_path, monkeypatch):
         utils.save_sheet(-images, str(path), nrow=2)
     assert path.read_bytes() == good
     assert os.listdir(path.parent) == ['fixed_samples1.jpg']
+
+
+def test_an_unusable_moments_file_refuses_training_before_anything_is_written(tmp_path,
+                                                                              capsys):
+    (tmp_path / 'data').mkdir()
+    moments = tmp_path / 'data' / 'Digits32_inception_moments.npz'
+    moments.write_bytes(b'not an npz')
+    argv = ['--num_iters', '1', '--test_every', '1']
+    _expect_refusal(capsys, tmp_path, argv, 'Digits32_inception_moments.npz: cannot read it')
+    np.savez(moments, mu=np.zeros(3), sigma=np.eye(3))
+    _expect_refusal(capsys, tmp_path, argv, '3-d moments, not the 2048-d')
+
+
+def test_missing_metric_inputs_are_said_once_and_training_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'hub'))  # no Inception weights there
+    said = []
+    train.run(_config(tmp_path, '--num_iters', '1', '--test_every', '1'), log=said.append)
+    off = [line for line in said if 'IS/FID are off' in line]
+    assert len(off) == 1, said
+    # Both what is missing and how to get each.
+    assert 'calculate_inception_moments.py --dataset Digits32' in off[0]
+    assert 'inception_v3_google-0cc3c7bd.pth' in off[0] and '--inception_weights' in off[0]
+    assert utils.torch_load(str(tmp_path / 'weights' / 'exp' / 'state_dict.pth'))['itr'] == 1
