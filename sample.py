@@ -32,8 +32,7 @@ def load_generator(config, device):
     G = model.Generator(**{**config, 'skip_init': True, 'no_optim': True}).to(device)
     if config['channels_last']:
         G.to(memory_format=torch.channels_last)
-    state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'best_IS': 0, 'best_FID': 999999,
-                  'config': config}
+    state_dict = train_fns.new_training_state(config)
     use_ema = config['use_ema']
     try:
         utils.load_weights(None if use_ema else G, None, state_dict, config['weights_root'],

@@ -298,6 +298,35 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
 
 
 # ---------------------------------------------------------------------------
+# The training state
+# ---------------------------------------------------------------------------
+def new_training_state(config):
+    """The training state of a new run: the dict saved as state_dict.pth.
+
+    Keys, and what writes them (load_weights copies each saved key back on --resume):
+      itr (int): G iterations done; train._train's loop.
+      epoch (int): epochs done; train._train's loop, from its sampler.
+      save_num (int): the rotating copy slot written next; save_and_sample.
+      save_best_num (int): the best-copy slot written last; update_best_copies.
+      best_IS, best_FID (float): the best IS and FID so far; test.
+      best_copies (list): {slot, itr, IS_mean, FID} of the kept best copies, best first;
+        update_best_copies.
+      rng (dict or None): the RNG states at the last save or test, for an exact resume;
+        train.frozen_for_sampling (utils.get_rng_state).
+      grad_scalers (dict or None, with --amp fp16 only): the GradScalers' scales and
+        growth trackers, as plain numbers; train.frozen_for_sampling.
+      config (dict): `config` itself; save_weights stores it without the module
+        objects derived from it.
+    """
+    state = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
+             'best_IS': 0.0, 'best_FID': 999999.0, 'best_copies': [], 'rng': None,
+             'config': config}
+    if config.get('amp', 'none') == 'fp16':
+        state['grad_scalers'] = None
+    return state
+
+
+# ---------------------------------------------------------------------------
 # Periodic steps of the training loop
 # ---------------------------------------------------------------------------
 def sampling_G(G, G_ema, config):

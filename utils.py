@@ -1551,16 +1551,27 @@ class MetricsLogger:
 class MyLogger:
     """Per-metric text logs: logs/<exp>/<metric>.log with lines 'itr: value'.
 
+    log() writes at once. buffer() keeps one iteration's 0-d tensors on their device
+    (no host sync) and flushes on the logger's own clock, every `flush_every` seconds,
+    in one host sync; flush() writes whatever is buffered now. Every flush passes
+    its rows to each of `sinks`: sink(itr, rows) with itr the latest buffered
+    iteration and rows [(itr, {metric: value}), ...] oldest first (empty when nothing
+    was buffered); append to `sinks` to send the losses elsewhere too.
     start_itr (on resume): lines after that iteration are cut from every log
     first, so a run resumed after a crash continues its logs without repeats.
     """
 
-    def __init__(self, fname, reinitialize=False, logstyle='%3.3f', start_itr=None):
+    def __init__(self, fname, reinitialize=False, logstyle='%3.3f', start_itr=None,
+                 flush_every=2.0):
         self.root = fname
         os.makedirs(self.root, exist_ok=True)
         self.reinitialize = reinitialize
         self.metrics = set()
         self.logstyle = logstyle
+        self.flush_every = flush_every
+        self.sinks = []
+        self.itr = start_itr or 0
+        self._pending, self._last_flush = [], time.monotonic()
         if start_itr is not None and not reinitialize:
             for name in sorted(os.listdir(self.root)):
                 if name.endswith('.log'):
@@ -1581,6 +1592,28 @@ class MyLogger:
                 self.metrics.add(metric)
             with open(path, 'a') as f:
                 f.writelines(f'{itr}: {style % value}\n' for itr, value in zip(itrs, values))
+
+    def buffer(self, itr, metrics):
+        """Keep iteration `itr`'s {metric: 0-d tensor} (may be empty); flush when due."""
+        self.itr = itr
+        if metrics:
+            self._pending.append((itr, metrics))
+        if time.monotonic() - self._last_flush > self.flush_every:
+            self.flush()
+
+    def flush(self):
+        """Write the buffered iterations (one host sync) and pass them to the sinks."""
+        rows = []
+        if self._pending:
+            itrs = [itr for itr, _ in self._pending]
+            keys = list(self._pending[-1][1])
+            values = torch.stack([torch.stack([m[k] for _, m in self._pending])
+                                  for k in keys]).tolist()
+            self.log_many(itrs, dict(zip(keys, values)))
+            rows = [(itr, dict(zip(keys, row))) for itr, row in zip(itrs, zip(*values))]
+        self._pending, self._last_flush = [], time.monotonic()
+        for sink in self.sinks:
+            sink(self.itr, rows)
 
 
 def write_metadata(logs_root, experiment_name, config, state_dict):
