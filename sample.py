@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm, trange
 
+import inception_utils
 import train_fns
 import utils
 
@@ -130,17 +131,12 @@ def sample_folder(config, itr):
 def prepare_metrics(config):
     """get_inception_metrics for --sample_inception_metrics / --sample_trunc_curves; exits
     with what is missing and how to get it when the weights or the moments are not usable."""
-    import inception_utils as iu
+    flag = ('--sample_inception_metrics' if config['sample_inception_metrics']
+            else '--sample_trunc_curves')
     try:
-        return iu.prepare_inception_metrics(
-            config['dataset'], config['parallel'], config['no_fid'],
-            data_root=config['data_root'],
-            network=config['inception_network'],
-            weights_path=config['inception_weights'], resolution=config['resolution'])
-    except (*iu.METRICS_UNAVAILABLE, iu.InceptionMomentsInvalid) as err:
-        flag = ('--sample_inception_metrics' if config['sample_inception_metrics']
-                else '--sample_trunc_curves')
-        utils.fail(f'{flag}: IS/FID cannot be computed: {err}')
+        return inception_utils.metrics_for_config(config, needed_by=flag)
+    except inception_utils.MetricsUnavailable as err:
+        utils.fail(str(err))
 
 
 def _metrics(config, G, z_, y_, sample, get_inception_metrics, state_dict, G_batch_size, log):

@@ -30,17 +30,9 @@ def prepare_inception(config, log, ctx=None):
     the run (before anything is written)."""
     ctx = ctx or distributed.Context()
     try:
-        if ctx.distributed:
-            return distributed.prepare_inception_metrics(config, ctx, log)
-        return inception_utils.prepare_inception_metrics(
-            config['dataset'], config['parallel'], config['no_fid'],
-            data_root=config['data_root'], network=config['inception_network'],
-            weights_path=config['inception_weights'], resolution=config['resolution'])
-    except inception_utils.METRICS_UNAVAILABLE as err:
-        log(f'IS/FID are off: {err}')
+        return inception_utils.metrics_for_config(config, distributed.FeatureGather(ctx), log)
     except inception_utils.InceptionMomentsInvalid as err:
         _refuse(f'{err} (or train without IS/FID: --test_every 0)', ctx)
-    return None
 
 
 def _quiet(message):
