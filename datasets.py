@@ -17,13 +17,10 @@ slice of every micro-batch of the same global batch. Bad input raises `DataError
 whose message names the path or flag; scripts turn it into `utils.fail`.
 """
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import importlib.util
 import os
-import re
-import secrets
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +34,11 @@ import torchvision.transforms as transforms
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from checkpoints import atomic_write
+
+# The earlier name of checkpoints.atomic_write.
+partial_output = atomic_write
 
 
 class DataError(ValueError):
@@ -456,70 +458,10 @@ def _read_index(index_filename, root, classes):
     return paths, labels
 
 
-def partial_path(path):
-    """A fresh temporary name beside `path`: same folder, so os.replace onto `path` is atomic."""
-    return f'{path}.{secrets.token_hex(4)}.part'
-
-
-# A temporary this young may belong to a writer that has not locked it yet.
-_STALE_AGE_S = 10.0
-
-
-def remove_stale_partials(path):
-    """Remove temporaries `<path>.<hex>.part` left by writers of `path` that died.
-
-    A live writer holds an flock on its temporary (partial_output), so only the
-    leftovers of killed or crashed writers are removed.
-    """
-    folder, base = os.path.split(path)
-    pattern = re.compile(re.escape(base) + r'\.[0-9a-f]{8}\.part')
-    try:
-        names = [n for n in os.listdir(folder or '.') if pattern.fullmatch(n)]
-    except OSError:
-        return
-    for name in names:
-        tmp = os.path.join(folder, name)
-        try:
-            fd = os.open(tmp, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            if time.time() - os.fstat(fd).st_mtime > _STALE_AGE_S:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer lives
-                os.remove(tmp)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def partial_output(path):
-    """Write `path` atomically: yields a fresh temporary path beside it, which replaces
-    `path` when the block succeeds and is removed when it fails.
-
-    The temporary is flock'ed while it is written, and stale temporaries of `path`
-    (a writer killed with -9) are removed first, so leftovers do not pile up.
-    """
-    remove_stale_partials(path)
-    tmp = partial_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    finally:
-        os.close(fd)
-
-
 def _write_index(index_filename, classes, built, paths, labels, dirs, mtimes):
     # Atomic: readers see the old cache or the new one, never half of one.
     try:
-        with partial_output(index_filename) as tmp, open(tmp, 'wb') as f:
+        with atomic_write(index_filename) as tmp, open(tmp, 'wb') as f:
             np.savez_compressed(f, version=_INDEX_VERSION, classes=np.array(classes),
                                 built_ns=built, paths=paths, labels=labels, dirs=dirs,
                                 mtimes=mtimes)

@@ -39,8 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoints
 import datasets
-import utils
 
 NETWORKS = ('torchvision', 'tf')
 INCEPTION_SIZE = 299
@@ -364,8 +364,8 @@ def _download_state_dict(url):
 
 def _read_state_dict(path, network):
     try:
-        state_dict = utils.torch_load(path)
-    except utils.CheckpointError as err:  # unpickling refused, truncated file, not a torch file
+        state_dict = checkpoints.torch_load(path)
+    except checkpoints.CheckpointError as err:  # refused, truncated, not a torch file
         raise InceptionWeightsUnavailable(
             f'{network} Inception weights: {err}; {weights_help(network)}') from None
     if not isinstance(state_dict, dict):
@@ -785,7 +785,7 @@ def load_moments(path):
 def save_moments(path, mu, sigma):
     """Write mu, sigma to `path` atomically (a half-written file never replaces a good one)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with datasets.partial_output(path) as tmp, open(tmp, 'wb') as f:
+    with checkpoints.atomic_write(path) as tmp, open(tmp, 'wb') as f:
         np.savez(f, mu=mu, sigma=sigma)
 
 

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+import checkpoints
 import datasets as dset
 import utils
 
@@ -115,9 +116,9 @@ def make_hdf5(dataset, data_root='data', batch_size=256, num_workers=16, chunk_s
     try:
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         # Written under a temporary name and renamed when complete; temporaries that a
-        # killed run left behind are removed first. partial_output's flock marks the
+        # killed run left behind are removed first. atomic_write's flock marks the
         # temporary as live, so HDF5's own file lock (which would conflict) is off.
-        with dset.partial_output(path) as tmp, h5py.File(tmp, 'w', locking=False) as f:
+        with checkpoints.atomic_write(path) as tmp, h5py.File(tmp, 'w', locking=False) as f:
             _fill(f, loader, dataset, path, n, size, chunk, compression, n_classes)
     except OSError as err:
         raise dset.DataError(f'{path}: cannot write the HDF5 file ({err}); check --data_root '

@@ -58,9 +58,8 @@ def write_npz(sample, num, path):
             count += take
             pbar.update(take)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.partial.npz'
-    np.savez(tmp, x=np.concatenate(xs), y=np.concatenate(ys))
-    os.replace(tmp, path)
+    with utils.atomic_write(path) as tmp, open(tmp, 'wb') as f:
+        np.savez(f, x=np.concatenate(xs), y=np.concatenate(ys))
 
 
 def run(config, log=print):
