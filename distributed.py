@@ -295,7 +295,7 @@ class FeatureGather(iu.OneProcess):
 def gather_inception_statistics(sample, net, num_images, num_splits, ctx, pool_dim=None):
     """(RunningMoments, InceptionScore) of every rank's `sample()` batches on rank 0,
     (None, None) elsewhere (inception_utils.inception_statistics with FeatureGather).
-    pool_dim is kept for the earlier signature: the split comes from net's outputs."""
+    pool_dim: kept for the earlier signature; unused (the split follows net's outputs)."""
     moments, scorer = iu.inception_statistics((sample() for _ in itertools.count()), net,
                                               num_images, num_splits,
                                               gather=FeatureGather(ctx))

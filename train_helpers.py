@@ -115,8 +115,8 @@ def accumulate_standing_stats(net, z, y, nclasses, num_accumulations=16):
     """Recompute "standing" BN statistics of G from `num_accumulations` batches.
 
     z, y: samplable (N, dim_z) and (N,) from utils.prepare_z_y (drawn with
-    their own generator, if they have one); nclasses is kept for the original
-    signature. Leaves `net` in eval mode, using the accumulated averages.
+    their own generator, if they have one). nclasses: kept for the original's
+    signature; unused. Leaves `net` in eval mode, using the accumulated averages.
     """
     initiate_standing_stats(net)
     net.train()
