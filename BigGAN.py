@@ -59,17 +59,23 @@ _D_TABLE = {
 }
 
 
-def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
-    """Discriminator architectures keyed by input resolution.
-    ksize, dilation: kept for the original's signature; unused."""
+def D_arch_from(table, ch, attention, input_channels=()):
+    """D architectures from a table {res: (in multiples, out multiples, downsample flags,
+    output resolutions)}: channels times ch, after `input_channels` as they are."""
     arch = {}
-    for res, (ins, outs, down, resolution) in _D_TABLE.items():
-        arch[res] = {'in_channels': [3] + [ch * m for m in ins],
+    for res, (ins, outs, down, resolution) in table.items():
+        arch[res] = {'in_channels': list(input_channels) + [ch * m for m in ins],
                      'out_channels': [ch * m for m in outs],
                      'downsample': down,
                      'resolution': resolution,
                      'attention': _attention_flags(attention, resolution)}
     return arch
+
+
+def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
+    """Discriminator architectures keyed by input resolution.
+    ksize, dilation: kept for the original's signature; unused."""
+    return D_arch_from(_D_TABLE, ch, attention, input_channels=[3])
 
 
 def check_attention(config, G_arch, D_arch, name):
@@ -270,6 +276,29 @@ class Discriminator(nn.Module):
         return out
 
 
+def D_on_fake_and_real(D, G_z, gy, x=None, dy=None, split_D=False, return_G_z=False,
+                       D_pair=None):
+    """D's part of G_D.forward (for G_D and distributed.DistributedG_D alike).
+
+    G_z (N, 3, H, W) fakes with classes gy (N,); x (M, 3, H, W), dy (M,) optional reals.
+    Returns (D_fake, D_real) when x is given, else D_fake, or (D_fake, G_z) with
+    return_G_z. D runs once on the concatenation of fakes and reals, or with split_D
+    on each separately; D_pair(x1, y1, x2, y2) -> (D(x1, y1), D(x2, y2)), when given,
+    runs those two passes as one call (DDP wants one forward per backward).
+    """
+    if split_D:
+        if x is not None:
+            return D_pair(G_z, gy, x, dy) if D_pair is not None else (D(G_z, gy), D(x, dy))
+        D_out = D(G_z, gy)
+    else:
+        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
+        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
+        D_out = D(D_input, D_class)
+        if x is not None:
+            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
+    return (D_out, G_z) if return_G_z else D_out
+
+
 class G_D(nn.Module):
     """G and D in one module, so DataParallel never gathers G's output.
 
@@ -288,14 +317,4 @@ class G_D(nn.Module):
                 split_D=False):
         with torch.set_grad_enabled(train_G):
             G_z = self.G(z, self.G.shared(gy))
-        if split_D:
-            D_fake = self.D(G_z, gy)
-            if x is not None:
-                return D_fake, self.D(x, dy)
-            return (D_fake, G_z) if return_G_z else D_fake
-        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
-        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
-        D_out = self.D(D_input, D_class)
-        if x is not None:
-            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
-        return (D_out, G_z) if return_G_z else D_out
+        return D_on_fake_and_real(self.D, G_z, gy, x, dy, split_D, return_G_z)

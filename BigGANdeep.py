@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import layers
-from BigGAN import _G_TABLE, G_D, G_arch, _attention_flags, check_attention  # noqa: F401
+from BigGAN import _G_TABLE, G_D, D_arch_from, G_arch, check_attention  # noqa: F401
 
 
 class GBlock(nn.Module):
@@ -244,14 +244,7 @@ _D_TABLE = {
 def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
     """Discriminator architectures keyed by input resolution.
     ksize, dilation: kept for the original's signature; unused."""
-    arch = {}
-    for res, (ins, outs, down, resolution) in _D_TABLE.items():
-        arch[res] = {'in_channels': [ch * m for m in ins],
-                     'out_channels': [ch * m for m in outs],
-                     'downsample': down,
-                     'resolution': resolution,
-                     'attention': _attention_flags(attention, resolution)}
-    return arch
+    return D_arch_from(_D_TABLE, ch, attention)
 
 
 def check_config(config):

@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import BigGAN
 import inception_utils as iu
 
 
@@ -218,17 +219,8 @@ class DistributedG_D(nn.Module):
             with torch.no_grad():
                 G_z = self.G(z, self.G.shared(gy))
             D = self.D_ddp
-        if split_D:
-            if x is not None:
-                return D(G_z, gy, x, dy) if D is self.D_ddp else (D(G_z, gy), D(x, dy))
-            D_fake = D(G_z, gy)
-            return (D_fake, G_z) if return_G_z else D_fake
-        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
-        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
-        D_out = D(D_input, D_class)
-        if x is not None:
-            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
-        return (D_out, G_z) if return_G_z else D_out
+        return BigGAN.D_on_fake_and_real(D, G_z, gy, x, dy, split_D, return_G_z,
+                                         D_pair=D if D is self.D_ddp else None)
 
 
 def sync_cuda_rng(state, ctx):

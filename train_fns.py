@@ -224,6 +224,18 @@ def sampling_G(G, G_ema, config):
     return G_ema if config['ema'] and config['use_ema'] and G_ema is not None else G
 
 
+@contextlib.contextmanager
+def standing_G(G, G_ema, z_, y_, config):
+    """Yield sampling_G, with --accumulate_stats' standing statistics drawn from z_, y_;
+    every buffer of it is restored on exit, so sampling never changes the training run."""
+    which_G = sampling_G(G, G_ema, config)
+    with utils.preserved_buffers(which_G):
+        if config['accumulate_stats']:
+            accumulate_standing_stats(which_G, z_, y_, config['n_classes'],
+                                      config['num_standing_accumulations'])
+        yield which_G
+
+
 def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
                     experiment_name, generator=None):
     """Write the sample sheets for this iteration, then the latest and rotating copy sets.
@@ -232,11 +244,7 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
     generator, so it never changes the training run; saving comes last so the
     checkpoint holds exactly the state the next iteration starts from.
     """
-    which_G = sampling_G(G, G_ema, config)
-    with utils.preserved_buffers(which_G):
-        if config['accumulate_stats']:
-            accumulate_standing_stats(which_G, z_, y_, config['n_classes'],
-                                      config['num_standing_accumulations'])
+    with standing_G(G, G_ema, z_, y_, config) as which_G:
         folder = state_dict['itr']
         root = config['samples_root']
         with torch.no_grad():
@@ -322,11 +330,7 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     metrics and updates best_IS/best_FID, but writes nothing.
     Returns (IS_mean, IS_std, FID).
     """
-    which_G = sampling_G(G, G_ema, config)
-    with utils.preserved_buffers(which_G):
-        if config['accumulate_stats']:
-            accumulate_standing_stats(which_G, z_, y_, config['n_classes'],
-                                      config['num_standing_accumulations'])
+    with standing_G(G, G_ema, z_, y_, config):
         IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
                                                      num_splits=10, prints=write)
     IS_mean, IS_std, FID = float(IS_mean), float(IS_std), float(FID)
