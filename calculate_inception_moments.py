@@ -84,8 +84,7 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
     try:
         run(config)
-    except (inception_utils.InceptionWeightsUnavailable, datasets.DataError,
-            utils.OutputError) as err:
+    except utils.USER_ERRORS as err:
         utils.fail(str(err))
     except OSError as err:
         if err.errno not in utils.WRITE_ERRNOS:

@@ -616,6 +616,18 @@ def _map_sync_bn_keys(own, state):
     return out, renamed
 
 
+def state_dict_mismatch(own, state, optional=()):
+    """(missing, unexpected, wrong_shape): the keys of `own` (a module's state dict) that
+    `state` lacks (but for keys ending in one of `optional`), the keys of `state` that
+    `own` lacks, and the shared keys whose shapes differ. The one check of a loaded
+    state dict against a module, before anything is copied into it."""
+    missing = [k for k in own if k not in state and not k.endswith(tuple(optional))]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state
+             and tuple(getattr(state[k], 'shape', ())) != tuple(own[k].shape)]
+    return missing, unexpected, wrong
+
+
 def _check_module_state(net, state, path, strict, what, notes):
     """The state dict `state` (read from `path`), mapped onto `net`'s layout and checked to fit.
 
@@ -636,10 +648,8 @@ def _check_module_state(net, state, path, strict, what, notes):
         if convert is not None:
             notes.append(f"{os.path.basename(path)} (the original's BigGAN-deep G: [y, z] "
                          'latent, 3-channel output conv)')
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f'{k} {tuple(state[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    missing, unexpected, wrong = state_dict_mismatch(own, state)
+    wrong = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in wrong]
     # Checked up front: load_state_dict copies the fitting tensors before it
     # complains, and a refused checkpoint must leave the model untouched.
     if wrong or (strict and (missing or unexpected)):

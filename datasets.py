@@ -186,6 +186,12 @@ def to_float_image(u8):
     return u8.float().div_(127.5).sub_(1.0)
 
 
+def to_uint8_image(x):
+    """float (..., 3, H, W) in [-1, 1] -> uint8: the nearest value of (x + 1) * 127.5 (ties
+    up), clamped to [0, 255]; to_float_image's inverse on its outputs."""
+    return x.float().add(1).mul_(127.5).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
+
+
 class ToFloatImage:
     """PIL image or uint8 (3, H, W) tensor -> float32 (3, H, W) in [-1, 1].
 
@@ -811,11 +817,17 @@ def _class_mismatch(dataset, root, size, found, expected):
             f'--resolution {size}')
 
 
-def _hashed_generator(key):
-    # A hash of the key, not a sum of seeds, so that neighbouring seeds share no draws;
-    # SHA-256 rather than hash(), so that every process derives the same generator.
+def hashed_seed(key):
+    """A 63-bit seed derived from the string `key`: the one seed-derivation helper
+    (data order, per-item augmentation, utils.sampling_seed). A hash, not a sum of seeds,
+    so that neighbouring seeds share no draws; SHA-256 rather than hash(), so that every
+    process derives the same seed."""
     digest = hashlib.sha256(key.encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], 'little') >> 1)
+    return int.from_bytes(digest[:8], 'little') >> 1
+
+
+def _hashed_generator(key):
+    return torch.Generator().manual_seed(hashed_seed(key))
 
 
 # ---------------------------------------------------------------------------
@@ -892,10 +904,18 @@ def _check_shard(batch_size, rank, world_size, micro_batch):
         raise ValueError(f'rank {rank} / world_size {world_size}: need 0 <= rank < world_size')
     if micro_batch < 1 or batch_size % micro_batch:
         raise ValueError(f'micro_batch {micro_batch}: must divide the global batch {batch_size}')
-    if micro_batch % world_size:
-        raise DataError(f'--batch_size {micro_batch} does not split over {world_size} '
-                        'processes: it is the global micro-batch, so make it a multiple of '
-                        'the number of processes')
+    problem = batch_split_problem(micro_batch, world_size)
+    if problem:
+        raise DataError(problem)
+
+
+def batch_split_problem(batch_size, world_size):
+    """Why --batch_size (the global micro-batch) does not split over world_size
+    processes, or None."""
+    if batch_size % world_size:
+        return (f'--batch_size {batch_size} does not split over {world_size} processes: '
+                f'--batch_size is the global micro-batch, so make it a multiple of {world_size}')
+    return None
 
 
 def _rank_slices(base, batch_size, micro_batch, rank, world_size):

@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import BigGAN
+import datasets
 import inception_utils as iu
 
 
@@ -63,10 +64,9 @@ def check_config(config, world_size):
     """Messages (naming the flag) for sizes that do not split over world_size processes."""
     errors = []
     if world_size > 1:
-        if config['batch_size'] % world_size:
-            errors.append(f"--batch_size {config['batch_size']} does not split evenly over "
-                          f'{world_size} processes: --batch_size is the global micro-batch, '
-                          f'so make it a multiple of {world_size}')
+        problem = datasets.batch_split_problem(config['batch_size'], world_size)
+        if problem:
+            errors.append(problem)
         G_batch_size = max(config['G_batch_size'], config['batch_size'])
         if G_batch_size % world_size:
             errors.append(f"--G_batch_size {config['G_batch_size']} (G's batch {G_batch_size}) "
@@ -77,6 +77,16 @@ def check_config(config, world_size):
                       'batch statistics; launch one process per GPU with torchrun instead '
                       '(scripts/launch_BigGAN_bs256x8_torchrun.sh)')
     return errors
+
+
+def launch_problems(ctx):
+    """Messages for a launch this node cannot serve: more processes than GPUs."""
+    if ctx.distributed and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if count > 1 and ctx.local_rank >= count:
+            return [f'LOCAL_RANK {ctx.local_rank}, but this node shows {count} GPUs: start at '
+                    'most one process per GPU (torchrun --nproc_per_node)']
+    return []
 
 
 def setup(ctx, timeout_minutes=30):
@@ -94,9 +104,7 @@ def setup(ctx, timeout_minutes=30):
         # One visible GPU per process (as some schedulers arrange) is cuda:0.
         index = 0 if count == 1 else ctx.local_rank
         if index >= count:
-            import utils
-            utils.fail(f'LOCAL_RANK {ctx.local_rank}, but this node shows {count} GPUs: start '
-                       'at most one process per GPU (torchrun --nproc_per_node)')
+            raise RuntimeError(launch_problems(ctx)[0])
         torch.cuda.set_device(index)
         ctx.device = torch.device('cuda', index)
         dist.init_process_group('nccl', timeout=datetime.timedelta(minutes=timeout_minutes),

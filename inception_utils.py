@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 import checkpoints
 import datasets
+import layers
 
 NETWORKS = ('torchvision', 'tf')
 INCEPTION_SIZE = 299
@@ -407,10 +408,8 @@ def _load_checked(module, state_dict, network, source):
     # Older files may lack BN's num_batches_tracked (unused in eval mode); anything else
     # missing, unexpected or mis-shaped means the file is not these weights.
     own = module.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [k for k in own
-              if k in state_dict and tuple(getattr(state_dict[k], 'shape', ())) != own[k].shape]
+    missing, unexpected, shapes = checkpoints.state_dict_mismatch(
+        own, state_dict, optional=('num_batches_tracked',))
     if missing or unexpected or shapes:
         details = '; '.join(f'{what}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
                             for what, keys in (('missing', missing), ('unexpected', unexpected),
@@ -675,7 +674,7 @@ def feature_pass(batches, net, num_images, sinks, gather=ONE_PROCESS, pbar=None)
     during the call: copy what you keep); the last rows are cut to num_images. Raises
     ValueError when the batches run out first.
     """
-    device = next(net.parameters()).device
+    device = layers.module_device(net)
     seen = 0
     with torch.no_grad():
         for images, labels in batches:
@@ -928,11 +927,12 @@ def metrics_for_config(config, gather=ONE_PROCESS, log=print, needed_by=None):
 # ---------------------------------------------------------------------------
 # Command line: IS / FID of samples against a reference
 # ---------------------------------------------------------------------------
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
+# The image files datasets.ImageFolder reads.
+IMAGE_SUFFIXES = datasets.IMG_EXTENSIONS
 
 
 def _uint8_to_unit(x):
-    return torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1.0
+    return datasets.to_float_image(torch.from_numpy(np.ascontiguousarray(x)))
 
 
 def npz_image_batches(path, batch_size):

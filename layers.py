@@ -489,6 +489,11 @@ def nearest_upsample(x):
     return F.interpolate(x, scale_factor=2)
 
 
+def module_device(module):
+    """The device of a module's parameters (G, D, the Inception network)."""
+    return next(module.parameters()).device
+
+
 def init_and_optimize(net, skip_init, adam, adam_eps):
     """Finish building G or D: initialise its weights with net.init (unless skip_init),
     then give it net.optim, an Adam with adam = (lr, beta1, beta2) (None: no optimizer,

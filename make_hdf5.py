@@ -21,7 +21,6 @@ from argparse import ArgumentParser
 
 import h5py
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -140,7 +139,7 @@ def _fill(f, loader, dataset, path, n, size, chunk, compression, n_classes):
         if tuple(x.shape[1:]) != (3, size, size):
             raise dset.DataError(f'{dataset}: items are {tuple(x.shape[1:])}, expected '
                                  f'(3, {size}, {size})')
-        u8 = x.add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        u8 = dset.to_uint8_image(x).numpy()
         labels[written + filled:written + filled + len(u8)] = y.numpy()
         start = 0
         while start < len(u8):
@@ -170,7 +169,7 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         path = run(config)
-    except (dset.DataError, utils.OutputError) as err:
+    except utils.USER_ERRORS as err:
         utils.fail(str(err))
     except KeyboardInterrupt:
         utils.fail('interrupted; no HDF5 file was written', status=130)

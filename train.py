@@ -32,7 +32,8 @@ def prepare_inception(config, log, ctx=None):
     try:
         return inception_utils.metrics_for_config(config, distributed.FeatureGather(ctx), log)
     except inception_utils.InceptionMomentsInvalid as err:
-        _refuse(f'{err} (or train without IS/FID: --test_every 0)', ctx)
+        raise inception_utils.InceptionMomentsInvalid(
+            f'{err} (or train without IS/FID: --test_every 0)') from None
 
 
 def _quiet(message):
@@ -64,28 +65,30 @@ def run(config, log=None):
     """
     ctx = distributed.Context.from_env()
     log = (log or tqdm.write) if ctx.is_main else _quiet
-    # Sizes that do not split over the processes are refused before anything starts.
-    for error in distributed.check_config(config, ctx.world_size):
-        _refuse(error, ctx)
-    distributed.setup(ctx)
     try:
-        with _experiment_lock(config, ctx):
-            return _train(config, ctx, log)
-    finally:
-        distributed.teardown(ctx)
+        # Sizes that do not split over the processes are refused before anything starts.
+        problems = distributed.check_config(config, ctx.world_size) + \
+            distributed.launch_problems(ctx)
+        if problems:
+            raise utils.ConfigError(problems[0])
+        distributed.setup(ctx)
+        try:
+            with _experiment_lock(config, ctx):
+                return _train(config, ctx, log)
+        finally:
+            distributed.teardown(ctx)
+    except utils.USER_ERRORS as err:
+        # Every rank meets the error (a rank-0-only check is agreed first, _raise_if_any),
+        # so every rank stops: rank 0 says why, the others exit with the same status.
+        if ctx.is_main:
+            utils.fail(str(err))
+        raise SystemExit(2) from None
 
 
-def _refuse(message, ctx):
-    """utils.fail on rank 0; the other ranks exit with the same status, silently."""
-    if ctx.is_main:
-        utils.fail(message)
-    raise SystemExit(2)
-
-
-def _refuse_if(problem, ctx):
-    """Refuse on every rank when rank 0 found `problem` (None elsewhere)."""
+def _raise_if_any(problem, ctx, error):
+    """Raise `error`(problem) on every rank when rank 0 found `problem` (None elsewhere)."""
     if not distributed.agree(problem is None, ctx):
-        _refuse(problem, ctx)
+        raise error(problem or 'rank 0 refused the run')
 
 
 def _experiment_name(config):
@@ -106,7 +109,7 @@ def _experiment_lock(config, ctx):
         except (utils.CheckpointError, utils.OutputError) as err:
             problem = str(err)
     try:
-        _refuse_if(problem, ctx)
+        _raise_if_any(problem, ctx, utils.CheckpointError)
         yield
     finally:
         if lock is not None:
@@ -147,7 +150,7 @@ def _train(config, ctx, log):
     experiment_name = _experiment_name(config)
     # Everything that can refuse the run is checked before anything is written (rank 0
     # has already repaired any interrupted save, under the experiment's lock).
-    _refuse_to_start_over(config, experiment_name, ctx)
+    _refuse_to_start_over(config, experiment_name)
 
     # Networks and the training state, continued from the checkpoint on --resume.
     nets = build_networks(config, ctx.device)
@@ -232,13 +235,14 @@ def _effective_config(config, ctx, log):
     return config
 
 
-def _refuse_to_start_over(config, experiment_name, ctx):
+def _refuse_to_start_over(config, experiment_name):
     """Refuse a new run (neither --resume nor --load_weights) over an experiment's checkpoints."""
     if not config['resume'] and not config['load_weights'] and utils.checkpoint_exists(
             config['weights_root'], experiment_name):
-        _refuse(f"{os.path.join(config['weights_root'], experiment_name)} already holds "
-                'checkpoints: pass --resume to continue that run, or --experiment_name '
-                '(or --name_suffix) to start a new one', ctx)
+        raise utils.CheckpointError(
+            f"{os.path.join(config['weights_root'], experiment_name)} already holds "
+            'checkpoints: pass --resume to continue that run, or --experiment_name '
+            '(or --name_suffix) to start a new one')
 
 
 def build_networks(config, device):
@@ -274,7 +278,7 @@ def restore(nets, state_dict, config, experiment_name, ctx, log):
             utils.load_weights(nets.G, nets.D, {}, config['weights_root'], experiment_name,
                                config['load_weights'], nets.G_ema, load_optim=False, log=log)
     except utils.CheckpointError as err:
-        _refuse(f'--resume/--load_weights: {err}', ctx)
+        raise utils.CheckpointError(f'--resume/--load_weights: {err}') from None
     if config['resume']:
         log(f"resumed from iteration {state_dict['itr']}")
     if state_dict.get('grad_scalers'):
@@ -289,13 +293,9 @@ def make_loader(config, state_dict, ctx):
     D_batch_size = config['batch_size'] * config['num_D_steps'] * config['num_D_accumulations']
     # Rank 0 first, so that only it builds an image folder's index cache.
     with distributed.main_first(ctx):
-        try:
-            return datasets.get_data_loaders(**{
-                **config, 'batch_size': D_batch_size, 'micro_batch': config['batch_size'],
-                'rank': ctx.rank, 'world_size': ctx.world_size,
-                'start_itr': state_dict['itr']})[0]
-        except datasets.DataError as err:
-            _refuse(str(err), ctx)
+        return datasets.get_data_loaders(**{
+            **config, 'batch_size': D_batch_size, 'micro_batch': config['batch_size'],
+            'rank': ctx.rank, 'world_size': ctx.world_size, 'start_itr': state_dict['itr']})[0]
 
 
 def wrap_for_training(nets, config, ctx):
@@ -324,7 +324,7 @@ def open_logs(config, experiment_name, nets, state_dict, ctx):
                                 utils.checkpoint_set_bytes(nets.G, nets.D, nets.G_ema))
         except utils.OutputError as err:
             problem = str(err)
-    _refuse_if(problem, ctx)
+    _raise_if_any(problem, ctx, utils.OutputError)
     if not ctx.is_main:
         return None, None
     utils.prepare_root(config)
@@ -452,7 +452,7 @@ def main(argv=None):
     config = utils.parse_config(utils.prepare_parser(), argv, from_checkpoint='resume')
     try:
         run(config)
-    except (datasets.DataError, utils.CheckpointError) as err:
+    except utils.USER_ERRORS as err:
         utils.fail(str(err))
     except OSError as err:
         if err.errno not in utils.WRITE_ERRNOS:

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+import layers
 import train_helpers
 import utils
 
@@ -72,7 +73,7 @@ class AutocastModule(torch.nn.Module):
         self.module, self.amp = module, amp
 
     def forward(self, *args, **kwargs):
-        device_type = next(self.module.parameters()).device.type
+        device_type = layers.module_device(self.module).type
         with autocast(device_type, self.amp):
             return self.module(*args, **kwargs)
 

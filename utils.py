@@ -16,7 +16,7 @@ Sections, in order:
 - Logs: `MetricsLogger` (IS/FID), `MyLogger` (per-metric training logs, buffered),
   `write_metadata`, `get_SVs`.
 - Sampling and sample sheets: `sample`, `save_sheet`, `sample_sheet`, `interp_sheet`.
-- Errors at the entry points: `USER_ERRORS`, `fail`.
+- Errors at the entry points: `USER_ERRORS` (the one tuple every main() catches), `fail`.
 
 Names that live elsewhere keep their original (utils.*) spelling as the plain
 aliases right below the imports: the checkpoint journal (checkpoints.py) and the
@@ -40,7 +40,9 @@ import torchvision
 from PIL import Image
 
 import datasets as dset
+import inception_utils
 import layers
+import metrics
 
 # The aliases: utils.<name> as the original (and earlier versions of this code) spell it.
 from checkpoints import (  # noqa: F401
@@ -410,9 +412,10 @@ def _attention_ok(value):
 
 def _check_flags(config):
     errors = []
-    if config['dataset'] not in dset.DATASETS:
-        errors.append(f"--dataset {config['dataset']}: unknown dataset; registered ones are "
-                      f"{', '.join(dset.DATASETS)} (your own images: --dataset folder)")
+    try:
+        dset.get_spec(config['dataset'])
+    except dset.DataError as err:
+        errors.append(str(err))
     for flag in ('G_nl', 'D_nl'):
         if config[flag] not in activation_dict:
             errors.append(f"--{flag} {config[flag]}: unknown activation; use one of "
@@ -524,8 +527,8 @@ def prepare_config(config, check_model=True, given=None, log=None):
     if config.get('resume'):
         config['skip_init'] = True
     if config.get('amp', 'none') == 'none' and any(config.get(f) for f in LEGACY_FP16_FLAGS):
-        # The original's fp16 flags ran fp16 weights with a plain Adam, which
-        # collapses; they now mean autocast with fp32 master weights.
+        # fp16 weights with a plain Adam collapse: these flags mean autocast with
+        # fp32 master weights (README, Differences from the original).
         config['amp'] = 'fp16'
     note = None
     if check_model:
@@ -719,8 +722,8 @@ _HASH_WORDS = (
 def hashname(name):
     """A short, stable name (adjective, colour, animal) derived from `name`.
 
-    The original used Python's hash(), which changes between processes; this
-    uses SHA-1 so that a resumed run finds its own folder.
+    SHA-1, not Python's hash() (which changes between processes), so that a resumed
+    run finds its own folder.
     """
     h = int(hashlib.sha1(name.encode()).hexdigest(), 16)
     words = []
@@ -773,8 +776,7 @@ def sampling_seed(seed, itr, rank=0):
     A hash, so they depend only on (seed, itr, rank): the same iteration gives the
     same sheets however often the run saved or tested before it.
     """
-    digest = hashlib.sha256(f'biggan-samples:{seed}:{itr}:{rank}'.encode()).digest()
-    return int.from_bytes(digest[:8], 'little') >> 1
+    return dset.hashed_seed(f'biggan-samples:{seed}:{itr}:{rank}')
 
 
 # ---------------------------------------------------------------------------
@@ -1011,10 +1013,6 @@ def preserved_buffers(*nets):
             module.accumulate_standing = flag
 
 
-def _device_of(G):
-    return next(G.parameters()).device
-
-
 def sample(G, z_, y_, config):
     """Draw one batch from G: returns (images (N, 3, H, W) in [-1, 1], classes (N,))."""
     with torch.no_grad():
@@ -1053,7 +1051,7 @@ def sample_sheet(G, classes_per_sheet, num_classes, samples_per_class, parallel,
     z_'s distribution (prepare_z_y's z: std z_var, truncation), from `generator`
     when given.
     """
-    device = _device_of(G)
+    device = layers.module_device(G)
     z_ = _latent(z_, G, device)
     for i in range(max(num_classes // classes_per_sheet, 1)):
         count = min(classes_per_sheet, num_classes)
@@ -1083,7 +1081,7 @@ def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples
     (class interpolation), fix_y keeps the class fixed (latent interpolation).
     The end points' z come from z_'s distribution, as in sample_sheet.
     """
-    device = device or _device_of(G)
+    device = device or layers.module_device(G)
     z_ = _latent(z_, G, device)
     steps = num_midpoints + 2
 
@@ -1110,6 +1108,13 @@ def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples
 # ---------------------------------------------------------------------------
 # Errors at the entry points
 # ---------------------------------------------------------------------------
+# Bad input, a missing file, a full disk: what each entry point's main() (and train.run,
+# sample.run) reports as one line through fail, never as a traceback.
+USER_ERRORS = (ConfigError, dset.DataError, CheckpointError, OutputError,
+               *inception_utils.METRICS_UNAVAILABLE, inception_utils.InceptionMomentsInvalid,
+               inception_utils.MetricsUnavailable, metrics.ReferenceFileError)
+
+
 def fail(message, status=2):
     """Print `message` to stderr and exit: for bad input found after parsing."""
     print(f'error: {message}', file=sys.stderr)

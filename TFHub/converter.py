@@ -627,7 +627,7 @@ def main(argv=None):
         if folder:
             try:
                 utils.check_writable(folder, flag)
-            except utils.OutputError as err:
+            except utils.USER_ERRORS as err:
                 utils.fail(str(err))
     os.makedirs(args.weights_dir, exist_ok=True)
     for resolution in ([args.resolution] if args.resolution else RESOLUTIONS):
@@ -636,7 +636,7 @@ def main(argv=None):
                 resolution, args.weights_dir, redownload=args.redownload, no_ema=args.no_ema,
                 verbose=args.verbose, deep=args.deep, truncation=args.truncation,
                 module_path=args.module_path)
-        except (ConversionError, OSError) as err:
+        except (ConversionError, OSError, *utils.USER_ERRORS) as err:
             utils.fail(str(err))
         weights = 'raw' if args.no_ema else 'EMA'
         stats = (f', BN statistics at truncation {args.truncation:g}' if args.deep else '')
