@@ -450,15 +450,9 @@ def main(argv=None):
     """Parse the command line and train; with --resume, the flags not typed come from
     the run's saved config. Bad data or a failed write exit with one line."""
     config = utils.parse_config(utils.prepare_parser(), argv, from_checkpoint='resume')
-    try:
+    with utils.errors_reported(advice='; the last committed checkpoint is intact: free space '
+                               '(or fix permissions) and --resume'):
         run(config)
-    except utils.USER_ERRORS as err:
-        utils.fail(str(err))
-    except OSError as err:
-        if err.errno not in utils.WRITE_ERRNOS:
-            raise
-        utils.fail(f'{err.filename or "an output file"}: {err.strerror}; the last committed '
-                   'checkpoint is intact: free space (or fix permissions) and --resume')
 
 
 if __name__ == '__main__':

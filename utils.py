@@ -16,7 +16,8 @@ Sections, in order:
 - Logs: `MetricsLogger` (IS/FID), `MyLogger` (per-metric training logs, buffered),
   `write_metadata`, `get_SVs`.
 - Sampling and sample sheets: `sample`, `save_sheet`, `sample_sheet`, `interp_sheet`.
-- Errors at the entry points: `USER_ERRORS` (the one tuple every main() catches), `fail`.
+- Errors at the entry points: `USER_ERRORS` (the one tuple every main() catches),
+  `errors_reported`, `fail`.
 
 Names that live elsewhere keep their original (utils.*) spelling as the plain
 aliases right below the imports: the checkpoint journal (checkpoints.py) and the
@@ -1113,6 +1114,20 @@ def interp_sheet(G, num_per_sheet, num_midpoints, num_classes, parallel, samples
 USER_ERRORS = (ConfigError, dset.DataError, CheckpointError, OutputError,
                *inception_utils.METRICS_UNAVAILABLE, inception_utils.InceptionMomentsInvalid,
                inception_utils.MetricsUnavailable, metrics.ReferenceFileError)
+
+
+@contextlib.contextmanager
+def errors_reported(output='an output file', advice=''):
+    """For main(): USER_ERRORS, and a full or read-only disk while writing `output`
+    (WRITE_ERRNOS, followed by `advice`), exit with one line (fail) instead of a traceback."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        fail(str(err))
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        fail(f'{err.filename or output}: {err.strerror}{advice}')
 
 
 def fail(message, status=2):
