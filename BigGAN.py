@@ -9,7 +9,6 @@ import functools
 
 import torch
 import torch.nn as nn
-import torch.optim as optim
 
 import layers
 
@@ -20,8 +19,8 @@ def _attention_flags(attention, resolutions):
     return {res: res in wanted for res in resolutions}
 
 
-# Resolution-keyed architectures. Each entry lists, per stage, the input and
-# output channels (as multiples of ch), and the stage's output resolution.
+# Resolution-keyed architectures (BigGANdeep uses the same G table). Each entry lists,
+# per stage, the input and output channels (as multiples of ch).
 _G_TABLE = {
     512: ([16, 16, 8, 8, 4, 2, 1], [16, 8, 8, 4, 2, 1, 1]),
     256: ([16, 16, 8, 8, 4, 2], [16, 8, 8, 4, 2, 1]),
@@ -32,7 +31,9 @@ _G_TABLE = {
 
 
 def G_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
-    """Generator architectures keyed by output resolution."""
+    """Generator architectures keyed by output resolution (BigGAN and BigGANdeep);
+    'resolution' is each stage's output resolution.
+    ksize, dilation: kept for the original's signature; unused."""
     arch = {}
     for res, (ins, outs) in _G_TABLE.items():
         resolution = [8 * 2 ** i for i in range(len(outs))]
@@ -58,16 +59,23 @@ _D_TABLE = {
 }
 
 
-def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
-    """Discriminator architectures keyed by input resolution."""
+def D_arch_from(table, ch, attention, input_channels=()):
+    """D architectures from a table {res: (in multiples, out multiples, downsample flags,
+    output resolutions)}: channels times ch, after `input_channels` as they are."""
     arch = {}
-    for res, (ins, outs, down, resolution) in _D_TABLE.items():
-        arch[res] = {'in_channels': [3] + [ch * m for m in ins],
+    for res, (ins, outs, down, resolution) in table.items():
+        arch[res] = {'in_channels': list(input_channels) + [ch * m for m in ins],
                      'out_channels': [ch * m for m in outs],
                      'downsample': down,
                      'resolution': resolution,
                      'attention': _attention_flags(attention, resolution)}
     return arch
+
+
+def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
+    """Discriminator architectures keyed by input resolution.
+    ksize, dilation: kept for the original's signature; unused."""
+    return D_arch_from(_D_TABLE, ch, attention, input_channels=[3])
 
 
 def check_attention(config, G_arch, D_arch, name):
@@ -119,6 +127,7 @@ class Generator(nn.Module):
     G_shared, else class indices (N,) -> images (N, 3, resolution, resolution)
     in [-1, 1]. With `hier`, z is split into one chunk for the first linear
     layer and one per block, each concatenated after y.
+    G_kernel_size, G_mixed_precision, G_fp16: kept for the original's signature; unused.
     """
 
     def __init__(self, G_ch=64, dim_z=128, bottom_width=4, resolution=128,
@@ -148,7 +157,6 @@ class Generator(nn.Module):
         self.G_param = G_param
         self.norm_style = norm_style
         self.BN_eps, self.SN_eps = BN_eps, SN_eps
-        self.fp16 = G_fp16
         self.arch = G_arch(self.ch, self.attention)[resolution]
 
         if self.hier:
@@ -195,13 +203,8 @@ class Generator(nn.Module):
             self.activation,
             self.which_conv(self.arch['out_channels'][-1], 3))
 
-        if not skip_init:
-            self.param_count = layers.init_weights(self, self.init)
-        if no_optim:
-            return
-        self.lr, self.B1, self.B2, self.adam_eps = G_lr, G_B1, G_B2, adam_eps
-        self.optim = optim.Adam(params=self.parameters(), lr=self.lr,
-                                betas=(self.B1, self.B2), weight_decay=0, eps=self.adam_eps)
+        layers.init_and_optimize(self, skip_init, None if no_optim else (G_lr, G_B1, G_B2),
+                                 adam_eps)
 
     def forward(self, z, y):
         if self.hier:
@@ -220,7 +223,8 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """Projection discriminator. forward(x, y): x (N, 3, res, res), y (N,) class
-    indices -> (N, output_dim) scores; y=None gives the unconditional score."""
+    indices -> (N, output_dim) scores; y=None gives the unconditional score.
+    D_kernel_size, D_mixed_precision, D_fp16: kept for the original's signature; unused."""
 
     def __init__(self, D_ch=64, D_wide=True, resolution=128,
                  D_kernel_size=3, D_attn='64', n_classes=1000,
@@ -238,7 +242,6 @@ class Discriminator(nn.Module):
         self.init = D_init
         self.D_param = D_param
         self.SN_eps = SN_eps
-        self.fp16 = D_fp16
         self.arch = D_arch(self.ch, self.attention)[resolution]
         self.which_conv, self.which_linear, self.which_embedding = layers.snconv_factories(
             D_param, num_D_SVs, num_D_SV_itrs, SN_eps)
@@ -258,11 +261,7 @@ class Discriminator(nn.Module):
         self.linear = self.which_linear(self.arch['out_channels'][-1], output_dim)
         self.embed = self.which_embedding(self.n_classes, self.arch['out_channels'][-1])
 
-        if not skip_init:
-            self.param_count = layers.init_weights(self, self.init)
-        self.lr, self.B1, self.B2, self.adam_eps = D_lr, D_B1, D_B2, adam_eps
-        self.optim = optim.Adam(params=self.parameters(), lr=self.lr,
-                                betas=(self.B1, self.B2), weight_decay=0, eps=self.adam_eps)
+        layers.init_and_optimize(self, skip_init, (D_lr, D_B1, D_B2), adam_eps)
 
     def forward(self, x, y=None):
         h = x
@@ -275,6 +274,29 @@ class Discriminator(nn.Module):
         if y is not None:
             out = out + torch.sum(self.embed(y) * h, 1, keepdim=True)
         return out
+
+
+def D_on_fake_and_real(D, G_z, gy, x=None, dy=None, split_D=False, return_G_z=False,
+                       D_pair=None):
+    """D's part of G_D.forward (for G_D and distributed.DistributedG_D alike).
+
+    G_z (N, 3, H, W) fakes with classes gy (N,); x (M, 3, H, W), dy (M,) optional reals.
+    Returns (D_fake, D_real) when x is given, else D_fake, or (D_fake, G_z) with
+    return_G_z. D runs once on the concatenation of fakes and reals, or with split_D
+    on each separately; D_pair(x1, y1, x2, y2) -> (D(x1, y1), D(x2, y2)), when given,
+    runs those two passes as one call (DDP wants one forward per backward).
+    """
+    if split_D:
+        if x is not None:
+            return D_pair(G_z, gy, x, dy) if D_pair is not None else (D(G_z, gy), D(x, dy))
+        D_out = D(G_z, gy)
+    else:
+        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
+        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
+        D_out = D(D_input, D_class)
+        if x is not None:
+            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
+    return (D_out, G_z) if return_G_z else D_out
 
 
 class G_D(nn.Module):
@@ -295,14 +317,4 @@ class G_D(nn.Module):
                 split_D=False):
         with torch.set_grad_enabled(train_G):
             G_z = self.G(z, self.G.shared(gy))
-        if split_D:
-            D_fake = self.D(G_z, gy)
-            if x is not None:
-                return D_fake, self.D(x, dy)
-            return (D_fake, G_z) if return_G_z else D_fake
-        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
-        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
-        D_out = self.D(D_input, D_class)
-        if x is not None:
-            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
-        return (D_out, G_z) if return_G_z else D_out
+        return D_on_fake_and_real(self.D, G_z, gy, x, dy, split_D, return_G_z)

@@ -12,10 +12,9 @@ import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.optim as optim
 
 import layers
-from BigGAN import G_D, _attention_flags, check_attention  # noqa: F401  (one G_D for both)
+from BigGAN import _G_TABLE, G_D, D_arch_from, G_arch, check_attention  # noqa: F401
 
 
 class GBlock(nn.Module):
@@ -58,29 +57,6 @@ class GBlock(nn.Module):
         return h + x
 
 
-_G_TABLE = {
-    512: ([16, 16, 8, 8, 4, 2, 1], [16, 8, 8, 4, 2, 1, 1]),
-    256: ([16, 16, 8, 8, 4, 2], [16, 8, 8, 4, 2, 1]),
-    128: ([16, 16, 8, 4, 2], [16, 8, 4, 2, 1]),
-    64: ([16, 16, 8, 4], [16, 8, 4, 2]),
-    32: ([4, 4, 4], [4, 4, 4]),
-}
-
-
-def G_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
-    """Generator architectures keyed by output resolution; 'resolution' is
-    each stage's output resolution."""
-    arch = {}
-    for res, (ins, outs) in _G_TABLE.items():
-        resolution = [8 * 2 ** i for i in range(len(outs))]
-        arch[res] = {'in_channels': [ch * m for m in ins],
-                     'out_channels': [ch * m for m in outs],
-                     'upsample': [True] * len(outs),
-                     'resolution': resolution,
-                     'attention': _attention_flags(attention, resolution)}
-    return arch
-
-
 class Generator(nn.Module):
     """BigGAN-deep generator.
 
@@ -88,6 +64,7 @@ class Generator(nn.Module):
     images (N, 3, res, res). With `hier` (as in TF Hub) the condition
     cat([z, y]) feeds the first linear layer and every conditional BN;
     without it the linear layer sees z and the BNs see y.
+    G_kernel_size, G_mixed_precision, G_fp16: kept for the original's signature; unused.
     """
 
     def __init__(self, G_ch=128, G_depth=2, dim_z=128, bottom_width=4, resolution=128,
@@ -118,7 +95,6 @@ class Generator(nn.Module):
         self.G_param = G_param
         self.norm_style = norm_style
         self.BN_eps, self.SN_eps = BN_eps, SN_eps
-        self.fp16 = G_fp16
         self.arch = G_arch(self.ch, self.attention)[resolution]
 
         self.which_conv, self.which_linear, _ = layers.snconv_factories(
@@ -159,13 +135,8 @@ class Generator(nn.Module):
             self.activation,
             self.which_conv(self.arch['out_channels'][-1], self.ch))
 
-        if not skip_init:
-            self.param_count = layers.init_weights(self, self.init)
-        if no_optim:
-            return
-        self.lr, self.B1, self.B2, self.adam_eps = G_lr, G_B1, G_B2, adam_eps
-        self.optim = optim.Adam(params=self.parameters(), lr=self.lr,
-                                betas=(self.B1, self.B2), weight_decay=0, eps=self.adam_eps)
+        layers.init_and_optimize(self, skip_init, None if no_optim else (G_lr, G_B1, G_B2),
+                                 adam_eps)
 
     def adapt_original_state(self, state):
         """Map a G state dict in the original BigGAN-PyTorch deep layout onto this one.
@@ -271,15 +242,9 @@ _D_TABLE = {
 
 
 def D_arch(ch=64, attention='64', ksize='333333', dilation='111111'):
-    """Discriminator architectures keyed by input resolution."""
-    arch = {}
-    for res, (ins, outs, down, resolution) in _D_TABLE.items():
-        arch[res] = {'in_channels': [ch * m for m in ins],
-                     'out_channels': [ch * m for m in outs],
-                     'downsample': down,
-                     'resolution': resolution,
-                     'attention': _attention_flags(attention, resolution)}
-    return arch
+    """Discriminator architectures keyed by input resolution.
+    ksize, dilation: kept for the original's signature; unused."""
+    return D_arch_from(_D_TABLE, ch, attention)
 
 
 def check_config(config):
@@ -301,7 +266,8 @@ def check_config(config):
 
 class Discriminator(nn.Module):
     """BigGAN-deep projection discriminator. forward(x, y): x (N, 3, res, res),
-    y (N,) class indices or None -> (N, output_dim)."""
+    y (N,) class indices or None -> (N, output_dim).
+    D_kernel_size, D_mixed_precision, D_fp16: kept for the original's signature; unused."""
 
     def __init__(self, D_ch=64, D_wide=True, D_depth=2, resolution=128,
                  D_kernel_size=3, D_attn='64', n_classes=1000,
@@ -320,7 +286,6 @@ class Discriminator(nn.Module):
         self.init = D_init
         self.D_param = D_param
         self.SN_eps = SN_eps
-        self.fp16 = D_fp16
         self.arch = D_arch(self.ch, self.attention)[resolution]
         self.which_conv, self.which_linear, self.which_embedding = layers.snconv_factories(
             D_param, num_D_SVs, num_D_SV_itrs, SN_eps)
@@ -344,11 +309,7 @@ class Discriminator(nn.Module):
         self.linear = self.which_linear(self.arch['out_channels'][-1], output_dim)
         self.embed = self.which_embedding(self.n_classes, self.arch['out_channels'][-1])
 
-        if not skip_init:
-            self.param_count = layers.init_weights(self, self.init)
-        self.lr, self.B1, self.B2, self.adam_eps = D_lr, D_B1, D_B2, adam_eps
-        self.optim = optim.Adam(params=self.parameters(), lr=self.lr,
-                                betas=(self.B1, self.B2), weight_decay=0, eps=self.adam_eps)
+        layers.init_and_optimize(self, skip_init, (D_lr, D_B1, D_B2), adam_eps)
 
     def forward(self, x, y=None):
         h = self.input_conv(x)

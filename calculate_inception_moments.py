@@ -82,15 +82,8 @@ def main(argv=None):
     weights, bad data (naming the file) or an unwritable output."""
     config = parse_config(argv)
     torch.backends.cudnn.benchmark = True
-    try:
+    with utils.errors_reported('the moments file'):
         run(config)
-    except (inception_utils.InceptionWeightsUnavailable, datasets.DataError,
-            utils.OutputError) as err:
-        utils.fail(str(err))
-    except OSError as err:
-        if err.errno not in utils.WRITE_ERRNOS:
-            raise
-        utils.fail(f'{err.filename or "the moments file"}: {err.strerror}')
 
 
 if __name__ == '__main__':

@@ -17,13 +17,10 @@ slice of every micro-batch of the same global batch. Bad input raises `DataError
 whose message names the path or flag; scripts turn it into `utils.fail`.
 """
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import importlib.util
 import os
-import re
-import secrets
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +34,11 @@ import torchvision.transforms as transforms
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from checkpoints import atomic_write
+
+# The earlier name of checkpoints.atomic_write.
+partial_output = atomic_write
 
 
 class DataError(ValueError):
@@ -182,6 +184,12 @@ def to_float_image(u8):
     values) reads back exactly the tensors of its source.
     """
     return u8.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8_image(x):
+    """float (..., 3, H, W) in [-1, 1] -> uint8: the nearest value of (x + 1) * 127.5 (ties
+    up), clamped to [0, 255]; to_float_image's inverse on its outputs."""
+    return x.float().add(1).mul_(127.5).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
 
 
 class ToFloatImage:
@@ -456,70 +464,10 @@ def _read_index(index_filename, root, classes):
     return paths, labels
 
 
-def partial_path(path):
-    """A fresh temporary name beside `path`: same folder, so os.replace onto `path` is atomic."""
-    return f'{path}.{secrets.token_hex(4)}.part'
-
-
-# A temporary this young may belong to a writer that has not locked it yet.
-_STALE_AGE_S = 10.0
-
-
-def remove_stale_partials(path):
-    """Remove temporaries `<path>.<hex>.part` left by writers of `path` that died.
-
-    A live writer holds an flock on its temporary (partial_output), so only the
-    leftovers of killed or crashed writers are removed.
-    """
-    folder, base = os.path.split(path)
-    pattern = re.compile(re.escape(base) + r'\.[0-9a-f]{8}\.part')
-    try:
-        names = [n for n in os.listdir(folder or '.') if pattern.fullmatch(n)]
-    except OSError:
-        return
-    for name in names:
-        tmp = os.path.join(folder, name)
-        try:
-            fd = os.open(tmp, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            if time.time() - os.fstat(fd).st_mtime > _STALE_AGE_S:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer lives
-                os.remove(tmp)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def partial_output(path):
-    """Write `path` atomically: yields a fresh temporary path beside it, which replaces
-    `path` when the block succeeds and is removed when it fails.
-
-    The temporary is flock'ed while it is written, and stale temporaries of `path`
-    (a writer killed with -9) are removed first, so leftovers do not pile up.
-    """
-    remove_stale_partials(path)
-    tmp = partial_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    finally:
-        os.close(fd)
-
-
 def _write_index(index_filename, classes, built, paths, labels, dirs, mtimes):
     # Atomic: readers see the old cache or the new one, never half of one.
     try:
-        with partial_output(index_filename) as tmp, open(tmp, 'wb') as f:
+        with atomic_write(index_filename) as tmp, open(tmp, 'wb') as f:
             np.savez_compressed(f, version=_INDEX_VERSION, classes=np.array(classes),
                                 built_ns=built, paths=paths, labels=labels, dirs=dirs,
                                 mtimes=mtimes)
@@ -869,11 +817,17 @@ def _class_mismatch(dataset, root, size, found, expected):
             f'--resolution {size}')
 
 
-def _hashed_generator(key):
-    # A hash of the key, not a sum of seeds, so that neighbouring seeds share no draws;
-    # SHA-256 rather than hash(), so that every process derives the same generator.
+def hashed_seed(key):
+    """A 63-bit seed derived from the string `key`: the one seed-derivation helper
+    (data order, per-item augmentation, utils.sampling_seed). A hash, not a sum of seeds,
+    so that neighbouring seeds share no draws; SHA-256 rather than hash(), so that every
+    process derives the same seed."""
     digest = hashlib.sha256(key.encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], 'little') >> 1)
+    return int.from_bytes(digest[:8], 'little') >> 1
+
+
+def _hashed_generator(key):
+    return torch.Generator().manual_seed(hashed_seed(key))
 
 
 # ---------------------------------------------------------------------------
@@ -950,10 +904,18 @@ def _check_shard(batch_size, rank, world_size, micro_batch):
         raise ValueError(f'rank {rank} / world_size {world_size}: need 0 <= rank < world_size')
     if micro_batch < 1 or batch_size % micro_batch:
         raise ValueError(f'micro_batch {micro_batch}: must divide the global batch {batch_size}')
-    if micro_batch % world_size:
-        raise DataError(f'--batch_size {micro_batch} does not split over {world_size} '
-                        'processes: it is the global micro-batch, so make it a multiple of '
-                        'the number of processes')
+    problem = batch_split_problem(micro_batch, world_size)
+    if problem:
+        raise DataError(problem)
+
+
+def batch_split_problem(batch_size, world_size):
+    """Why --batch_size (the global micro-batch) does not split over world_size
+    processes, or None."""
+    if batch_size % world_size:
+        return (f'--batch_size {batch_size} does not split over {world_size} processes: '
+                f'--batch_size is the global micro-batch, so make it a multiple of {world_size}')
+    return None
 
 
 def _rank_slices(base, batch_size, micro_batch, rank, world_size):

@@ -12,19 +12,23 @@ order, and works on its own slice of every micro-batch (datasets' samplers). Wit
 batch norm; DDP averages the gradients of the local means over equal slices,
 which is the gradient of the global-batch mean. `DistributedG_D` is G_D with
 DDP(G) in G steps and DDP(D) in D steps. Metrics are computed from every
-rank's samples (`prepare_inception_metrics`), gathering Inception features,
-not images, on rank 0. Only rank 0 writes (train.py checks `is_main`).
+rank's samples by inception_utils' one metric path, with `FeatureGather`
+gathering Inception features, not images, on rank 0. Only rank 0 writes (train.py checks `is_main`).
 """
 import contextlib
 import dataclasses
 import datetime
-import functools
+import itertools
 import os
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+import BigGAN
+import datasets
+import inception_utils as iu
 
 
 @dataclasses.dataclass
@@ -60,10 +64,9 @@ def check_config(config, world_size):
     """Messages (naming the flag) for sizes that do not split over world_size processes."""
     errors = []
     if world_size > 1:
-        if config['batch_size'] % world_size:
-            errors.append(f"--batch_size {config['batch_size']} does not split evenly over "
-                          f'{world_size} processes: --batch_size is the global micro-batch, '
-                          f'so make it a multiple of {world_size}')
+        problem = datasets.batch_split_problem(config['batch_size'], world_size)
+        if problem:
+            errors.append(problem)
         G_batch_size = max(config['G_batch_size'], config['batch_size'])
         if G_batch_size % world_size:
             errors.append(f"--G_batch_size {config['G_batch_size']} (G's batch {G_batch_size}) "
@@ -74,6 +77,16 @@ def check_config(config, world_size):
                       'batch statistics; launch one process per GPU with torchrun instead '
                       '(scripts/launch_BigGAN_bs256x8_torchrun.sh)')
     return errors
+
+
+def launch_problems(ctx):
+    """Messages for a launch this node cannot serve: more processes than GPUs."""
+    if ctx.distributed and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if count > 1 and ctx.local_rank >= count:
+            return [f'LOCAL_RANK {ctx.local_rank}, but this node shows {count} GPUs: start at '
+                    'most one process per GPU (torchrun --nproc_per_node)']
+    return []
 
 
 def setup(ctx, timeout_minutes=30):
@@ -91,9 +104,7 @@ def setup(ctx, timeout_minutes=30):
         # One visible GPU per process (as some schedulers arrange) is cuda:0.
         index = 0 if count == 1 else ctx.local_rank
         if index >= count:
-            import utils
-            utils.fail(f'LOCAL_RANK {ctx.local_rank}, but this node shows {count} GPUs: start '
-                       'at most one process per GPU (torchrun --nproc_per_node)')
+            raise RuntimeError(launch_problems(ctx)[0])
         torch.cuda.set_device(index)
         ctx.device = torch.device('cuda', index)
         dist.init_process_group('nccl', timeout=datetime.timedelta(minutes=timeout_minutes),
@@ -216,17 +227,8 @@ class DistributedG_D(nn.Module):
             with torch.no_grad():
                 G_z = self.G(z, self.G.shared(gy))
             D = self.D_ddp
-        if split_D:
-            if x is not None:
-                return D(G_z, gy, x, dy) if D is self.D_ddp else (D(G_z, gy), D(x, dy))
-            D_fake = D(G_z, gy)
-            return (D_fake, G_z) if return_G_z else D_fake
-        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
-        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
-        D_out = D(D_input, D_class)
-        if x is not None:
-            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
-        return (D_out, G_z) if return_G_z else D_out
+        return BigGAN.D_on_fake_and_real(D, G_z, gy, x, dy, split_D, return_G_z,
+                                         D_pair=D if D is self.D_ddp else None)
 
 
 def sync_cuda_rng(state, ctx):
@@ -242,98 +244,66 @@ def sync_cuda_rng(state, ctx):
 # ---------------------------------------------------------------------------
 # Metrics from every rank's samples
 # ---------------------------------------------------------------------------
-def gather_inception_statistics(sample, net, num_images, num_splits, ctx, pool_dim):
-    """Run every rank's `sample()` batches through `net`; gather the features on rank 0.
+class FeatureGather(iu.OneProcess):
+    """inception_utils' gather hook for this process's place in the run (ctx).
 
-    sample() -> (images (B, 3, H, W), labels) with the same B on every rank;
-    net(images) -> (pool (B, pool_dim), logits (B, classes)). Per round, rank 0
-    receives every rank's concatenated [pool, logits] rows (one gather of
-    B x (pool_dim + classes) floats per rank, never images) and feeds them, in
-    rank order, to a RunningMoments and an InceptionScore; the last round is cut
-    to num_images. Returns (moments, scorer) on rank 0 and (None, None) elsewhere.
+    Per round, rank 0 receives every rank's concatenated [pool, logits, labels] rows
+    (one gather of B x (pool + logits + 1) floats per rank, never images) and splits
+    them again, in rank order; the results are broadcast from rank 0. A single
+    process (world_size 1) gathers nothing.
     """
-    import inception_utils as iu
-    moments = scorer = None
-    if ctx.is_main:
-        moments, scorer = iu.RunningMoments(), iu.InceptionScore(num_images, num_splits)
-    seen = 0
-    with torch.no_grad():
-        while seen < num_images:
-            pool, logits = net(sample()[0].to(ctx.device, torch.float32))
-            feats = torch.cat([pool, logits], 1).float().contiguous()
-            parts = None
-            if ctx.is_main:
-                parts = [torch.empty_like(feats) for _ in range(ctx.world_size)]
-            dist.gather(feats, parts, dst=0)
-            for r in range(ctx.world_size):
-                take = min(feats.shape[0], num_images - seen)
-                if ctx.is_main and take > 0:
-                    moments.update(parts[r][:take, :pool_dim])
-                    scorer.update(parts[r][:take, pool_dim:])
-                seen += take
-    return moments, scorer
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.device = ctx.device
+
+    @property
+    def is_main(self):
+        return self.ctx.is_main
+
+    def agree(self, flag):
+        return agree(flag, self.ctx)
+
+    def gather(self, pool, logits, labels):
+        if not self.ctx.distributed:
+            return [(pool, logits, labels)]
+        columns = [pool.float(), logits.float()]
+        if labels is not None:
+            columns.append(labels.to(pool.device, torch.float32).view(-1, 1))
+        rows = torch.cat(columns, 1).contiguous()
+        parts = [torch.empty_like(rows) for _ in range(self.ctx.world_size)] \
+            if self.ctx.is_main else None
+        dist.gather(rows, parts, dst=0)
+        if not self.ctx.is_main:
+            return [None] * self.ctx.world_size
+        widths = [pool.shape[1], logits.shape[1]] + ([1] if labels is not None else [])
+        out = []
+        for part in parts:
+            split = torch.split(part, widths, 1)
+            out.append((split[0], split[1],
+                        split[2].view(-1).long() if labels is not None else None))
+        return out
+
+    def share(self, values):
+        if not self.ctx.distributed:
+            return values
+        result = torch.tensor(values, dtype=torch.float64, device=self.ctx.device)
+        dist.broadcast(result, src=0)
+        return result.tolist()
+
+
+def gather_inception_statistics(sample, net, num_images, num_splits, ctx, pool_dim=None):
+    """(RunningMoments, InceptionScore) of every rank's `sample()` batches on rank 0,
+    (None, None) elsewhere (inception_utils.inception_statistics with FeatureGather).
+    pool_dim: kept for the earlier signature; unused (the split follows net's outputs)."""
+    moments, scorer = iu.inception_statistics((sample() for _ in itertools.count()), net,
+                                              num_images, num_splits,
+                                              gather=FeatureGather(ctx))
+    return (moments, scorer) if ctx.is_main else (None, None)
 
 
 def prepare_inception_metrics(config, ctx, log):
-    """get_inception_metrics (inception_utils' signature) for a multi-process run, or None.
-
-    Every rank loads the Inception network and runs its own samples through it
-    (gather_inception_statistics); rank 0 computes IS and FID, and the three
-    numbers are broadcast, so every rank returns the same values. Whether
-    metrics are on is agreed by all ranks (inception_utils.metric_inputs decides
-    on each): a rank that cannot load Inception turns them off everywhere, with
-    one line. Only rank 0 reads the dataset's moments file; when it exists but is
-    unusable, every rank raises InceptionMomentsInvalid.
-    """
-    import inception_utils as iu
-    net = data = reason = invalid = None
-    inputs = functools.partial(iu.metric_inputs, config['dataset'], config['no_fid'],
-                               config['data_root'], config['inception_network'],
-                               config['inception_weights'], device=ctx.device,
-                               resolution=config.get('resolution'))
-    # Rank 0 decides first: it alone reads the moments, and the weights it finds (or
-    # downloads into the hub cache) are then there for the other ranks.
-    if ctx.is_main:
-        try:
-            net, data = inputs()
-        except iu.InceptionMomentsInvalid as err:
-            invalid = str(err)
-        except iu.METRICS_UNAVAILABLE as err:
-            reason = str(err)
-    if not agree(invalid is None, ctx):
-        raise iu.InceptionMomentsInvalid(invalid or 'the moments file is unusable (rank 0 '
-                                         'says why)')
-    if agree(reason is None, ctx) and not ctx.is_main:
-        try:
-            net, _ = inputs(moments=False)
-        except iu.METRICS_UNAVAILABLE as err:
-            reason = str(err)
-    if not agree(reason is None, ctx):
-        log(f'IS/FID are off: {reason or "Inception could not be loaded on another process"}')
-        return None
-    data_mu, data_sigma = data or (None, None)
-
-    def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
-                              use_torch=True):
-        """(IS_mean, IS_std, FID) of num_inception_images samples from all ranks' `sample()`."""
-        if prints:
-            log('Gathering activations...')
-        moments, scorer = gather_inception_statistics(sample, net, num_inception_images,
-                                                      num_splits, ctx, iu.POOL_DIM)
-        result = torch.full((3,), float('nan'), dtype=torch.float64, device=ctx.device)
-        if ctx.is_main:
-            IS_mean, IS_std = scorer.result()
-            FID = float('nan')
-            if not config['no_fid']:
-                if prints:
-                    log('Calculating FID...')
-                distance = (iu.torch_calculate_frechet_distance if use_torch
-                            else iu.numpy_calculate_frechet_distance)
-                FID = distance(moments.mu, moments.sigma, data_mu, data_sigma)
-            result = torch.tensor([IS_mean, IS_std, FID], dtype=torch.float64,
-                                  device=ctx.device)
-        dist.broadcast(result, src=0)
-        IS_mean, IS_std, FID = result.tolist()
-        return IS_mean, IS_std, FID
-
-    return get_inception_metrics
+    """get_inception_metrics from every rank's samples, or None (said once through `log`)
+    when IS/FID cannot run on some rank: inception_utils.metrics_for_config with
+    FeatureGather. An unusable moments file raises InceptionMomentsInvalid on every rank."""
+    return iu.metrics_for_config(config, FeatureGather(ctx), log)

@@ -39,8 +39,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoints
 import datasets
-import utils
+import layers
 
 NETWORKS = ('torchvision', 'tf')
 INCEPTION_SIZE = 299
@@ -364,8 +365,8 @@ def _download_state_dict(url):
 
 def _read_state_dict(path, network):
     try:
-        state_dict = utils.torch_load(path)
-    except utils.CheckpointError as err:  # unpickling refused, truncated file, not a torch file
+        state_dict = checkpoints.torch_load(path)
+    except checkpoints.CheckpointError as err:  # refused, truncated, not a torch file
         raise InceptionWeightsUnavailable(
             f'{network} Inception weights: {err}; {weights_help(network)}') from None
     if not isinstance(state_dict, dict):
@@ -407,10 +408,8 @@ def _load_checked(module, state_dict, network, source):
     # Older files may lack BN's num_batches_tracked (unused in eval mode); anything else
     # missing, unexpected or mis-shaped means the file is not these weights.
     own = module.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [k for k in own
-              if k in state_dict and tuple(getattr(state_dict[k], 'shape', ())) != own[k].shape]
+    missing, unexpected, shapes = checkpoints.state_dict_mismatch(
+        own, state_dict, optional=('num_batches_tracked',))
     if missing or unexpected or shapes:
         details = '; '.join(f'{what}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
                             for what, keys in (('missing', missing), ('unexpected', unexpected),
@@ -638,35 +637,95 @@ def torch_calculate_frechet_distance(mu1, sigma1, mu2, sigma2):
 # ---------------------------------------------------------------------------
 # Streaming evaluation
 # ---------------------------------------------------------------------------
-def _net_device(net):
-    return next(net.parameters()).device
+class OneProcess:
+    """How one process gathers its metric features (the gather hook's interface; under
+    torchrun, distributed.FeatureGather implements it for N processes).
 
-
-def accumulate_inception_statistics(batches, net, num_images, num_splits=10, split_seed=None,
-                                    pbar=None):
-    """Run image batches through `net` until `num_images` images were seen.
-
-    batches: iterable of (B, 3, H, W) images in [-1, 1]; the last batch is cut to fit.
-    Returns (RunningMoments of pool features, InceptionScore). Raises ValueError when the
-    batches run out first.
+    is_main: whether this process computes the metrics from everyone's features;
+    device: where the Inception network runs (None: cuda if available);
+    agree(flag): True only when `flag` holds on every process;
+    gather(pool, logits, labels): every process's rows of one round, in process order,
+    on the main process (None for each process elsewhere);
+    share(values): the main process's list of floats, on every process.
     """
-    device = _net_device(net)
-    moments, scorer = RunningMoments(), InceptionScore(num_images, num_splits, seed=split_seed)
+    is_main = True
+    device = None
+
+    def agree(self, flag):
+        return bool(flag)
+
+    def gather(self, pool, logits, labels):
+        return [(pool, logits, labels)]
+
+    def share(self, values):
+        return values
+
+
+ONE_PROCESS = OneProcess()
+
+
+def feature_pass(batches, net, num_images, sinks, gather=ONE_PROCESS, pbar=None):
+    """The one pass of generated or real images through `net` that every metric reads.
+
+    batches: iterable of (images (B, 3, H, W) in [-1, 1], labels (B,) or None), the same
+    B on every process. Runs until `num_images` images (over all processes) were seen;
+    each of `sinks` is called as sink(pool (b, 2048), logits (b, C), labels (b,) or None)
+    for every round's rows, in order, on the main process only (the rows are valid
+    during the call: copy what you keep); the last rows are cut to num_images. Raises
+    ValueError when the batches run out first.
+    """
+    device = layers.module_device(net)
     seen = 0
     with torch.no_grad():
-        for images in batches:
-            images = images[:num_images - seen]
+        for images, labels in batches:
             pool, logits = net(images.to(device, torch.float32))
-            moments.update(pool)
-            scorer.update(logits)
-            seen += images.shape[0]
-            if pbar is not None:
-                pbar.update(images.shape[0])
+            for rows in gather.gather(pool, logits, labels):
+                take = min(pool.shape[0], num_images - seen)
+                if rows is not None and take > 0:
+                    for sink in sinks:
+                        sink(*(None if t is None else t[:take] for t in rows))
+                seen += take
+                if pbar is not None:
+                    pbar.update(take)
             if seen >= num_images:
                 break
     if seen < num_images:
         raise ValueError(f'only {seen} images were available, expected {num_images}')
+
+
+def inception_statistics(batches, net, num_images, num_splits=10, split_seed=None,
+                         gather=ONE_PROCESS, sinks=(), pbar=None):
+    """feature_pass into (RunningMoments of the pool features, InceptionScore of the
+    logits) (empty on processes other than the main one); `sinks` see the same rows."""
+    moments = RunningMoments()
+    scorer = InceptionScore(num_images, num_splits, seed=split_seed)
+
+    def statistics(pool, logits, labels):
+        moments.update(pool)
+        scorer.update(logits)
+    feature_pass(batches, net, num_images, [statistics, *sinks], gather, pbar)
     return moments, scorer
+
+
+def accumulate_inception_statistics(batches, net, num_images, num_splits=10, split_seed=None,
+                                    pbar=None):
+    """inception_statistics of image batches (B, 3, H, W) in [-1, 1] without labels.
+
+    Returns (RunningMoments of pool features, InceptionScore). Raises ValueError when the
+    batches run out first.
+    """
+    return inception_statistics(((images, None) for images in batches), net, num_images,
+                                num_splits, split_seed, pbar=pbar)
+
+
+def is_and_fid(moments, scorer, data_moments=None):
+    """(IS_mean, IS_std, FID) from one pass's statistics; FID is NaN without the data's
+    (mu, sigma)."""
+    IS_mean, IS_std = scorer.result()
+    FID = float('nan')
+    if data_moments is not None:
+        FID = torch_calculate_frechet_distance(moments.mu, moments.sigma, *data_moments)
+    return IS_mean, IS_std, FID
 
 
 def moments_filename(dataset, data_root='data', network='torchvision', resolution=None):
@@ -725,7 +784,7 @@ def load_moments(path):
 def save_moments(path, mu, sigma):
     """Write mu, sigma to `path` atomically (a half-written file never replaces a good one)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with datasets.partial_output(path) as tmp, open(tmp, 'wb') as f:
+    with checkpoints.atomic_write(path) as tmp, open(tmp, 'wb') as f:
         np.savez(f, mu=mu, sigma=sigma)
 
 
@@ -787,48 +846,93 @@ def metric_inputs(dataset, no_fid=False, data_root='data', network='torchvision'
 
 
 def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
-                              network='torchvision', weights_path=None, resolution=None):
+                              network='torchvision', weights_path=None, resolution=None,
+                              gather=ONE_PROCESS, log=print):
     """Load the network (and, unless no_fid, the dataset's moments) and return
     ``get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
-    use_torch=True) -> (IS_mean, IS_std, FID)``.
+    sinks=()) -> (IS_mean, IS_std, FID)``, the same numbers on every process.
 
-    `sample()` returns (images (B, 3, H, W) in [-1, 1], labels). With no_fid, FID is NaN (it
-    never counts as a best FID). Raises what metric_inputs raises, before any sampling.
+    `sample()` returns (images (B, 3, H, W) in [-1, 1], labels (B,)); every process's
+    samples count (`gather`: OneProcess, or distributed.FeatureGather under torchrun).
+    `sinks` see every image's features (feature_pass). With no_fid, FID is NaN (it never
+    counts as a best FID). Raises what metric_inputs raises, before any sampling, on
+    every process alike: the main process decides first (it alone reads the moments, and
+    the weights it finds, or downloads into the hub cache, are then there for the others).
     resolution: the size of a generic dataset (--dataset folder), for its moments' name.
     """
-    net, data = metric_inputs(dataset, no_fid, data_root, network, weights_path, parallel,
-                              resolution=resolution)
-    data_mu, data_sigma = data or (None, None)
+    def inputs(moments=True):
+        return metric_inputs(dataset, no_fid, data_root, network, weights_path, parallel,
+                             device=gather.device, moments=moments, resolution=resolution)
+    net = data = error = None
+    if gather.is_main:
+        try:
+            net, data = inputs()
+        except (InceptionMomentsInvalid, *METRICS_UNAVAILABLE) as err:
+            error = err
+    if not gather.agree(not isinstance(error, InceptionMomentsInvalid)):
+        raise error or InceptionMomentsInvalid('the moments file is unusable (the main '
+                                               'process says why)')
+    if gather.agree(error is None) and not gather.is_main:
+        try:
+            net, _ = inputs(moments=False)
+        except METRICS_UNAVAILABLE as err:
+            error = err
+    if not gather.agree(error is None):
+        raise error or InceptionWeightsUnavailable('Inception could not be loaded on another '
+                                                   'process')
 
     def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
-                              use_torch=True):
-        """(IS_mean, IS_std, FID) of num_inception_images samples drawn from `sample()`."""
+                              sinks=()):
+        """(IS_mean, IS_std, FID) of num_inception_images samples from `sample()`."""
         if prints:
-            print('Gathering activations...')
-        batches = (sample()[0] for _ in itertools.count())
-        moments, scorer = accumulate_inception_statistics(batches, net, num_inception_images,
-                                                          num_splits)
-        IS_mean, IS_std = scorer.result()
-        if no_fid:
-            return IS_mean, IS_std, float('nan')
-        if prints:
-            print('Calculating FID...')
-        distance = (torch_calculate_frechet_distance if use_torch
-                    else numpy_calculate_frechet_distance)
-        FID = distance(moments.mu, moments.sigma, data_mu, data_sigma)
+            log('Gathering activations...')
+        batches = (sample() for _ in itertools.count())
+        moments, scorer = inception_statistics(batches, net, num_inception_images, num_splits,
+                                               gather=gather, sinks=sinks)
+        result = [float('nan')] * 3
+        if gather.is_main:
+            if prints and data is not None:
+                log('Calculating FID...')
+            result = list(is_and_fid(moments, scorer, data))
+        IS_mean, IS_std, FID = gather.share(result)
         return IS_mean, IS_std, FID
 
     return get_inception_metrics
 
 
+class MetricsUnavailable(RuntimeError):
+    """IS/FID were asked for (the message names the flag) but cannot be computed here."""
+
+
+def metrics_for_config(config, gather=ONE_PROCESS, log=print, needed_by=None):
+    """prepare_inception_metrics with the run's flags; the one place that catches
+    METRICS_UNAVAILABLE. Then IS/FID are off: None, said in one `log` line; or, when
+    `needed_by` names the flag that asked for them, MetricsUnavailable naming it (for an
+    unusable moments file too). InceptionMomentsInvalid propagates otherwise."""
+    try:
+        return prepare_inception_metrics(
+            config['dataset'], config.get('parallel', False), config['no_fid'],
+            data_root=config['data_root'], network=config['inception_network'],
+            weights_path=config['inception_weights'], resolution=config.get('resolution'),
+            gather=gather, log=log)
+    except (*METRICS_UNAVAILABLE, InceptionMomentsInvalid) as err:
+        if needed_by is not None:
+            raise MetricsUnavailable(f'{needed_by}: IS/FID cannot be computed: {err}') from None
+        if isinstance(err, InceptionMomentsInvalid):
+            raise
+        log(f'IS/FID are off: {err}')
+        return None
+
+
 # ---------------------------------------------------------------------------
 # Command line: IS / FID of samples against a reference
 # ---------------------------------------------------------------------------
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
+# The image files datasets.ImageFolder reads.
+IMAGE_SUFFIXES = datasets.IMG_EXTENSIONS
 
 
 def _uint8_to_unit(x):
-    return torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1.0
+    return datasets.to_float_image(torch.from_numpy(np.ascontiguousarray(x)))
 
 
 def npz_image_batches(path, batch_size):

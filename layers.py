@@ -489,6 +489,25 @@ def nearest_upsample(x):
     return F.interpolate(x, scale_factor=2)
 
 
+def module_device(module):
+    """The device of a module's parameters (G, D, the Inception network)."""
+    return next(module.parameters()).device
+
+
+def init_and_optimize(net, skip_init, adam, adam_eps):
+    """Finish building G or D: initialise its weights with net.init (unless skip_init),
+    then give it net.optim, an Adam with adam = (lr, beta1, beta2) (None: no optimizer,
+    as for G_ema)."""
+    if not skip_init:
+        net.param_count = init_weights(net, net.init)
+    if adam is None:
+        return
+    net.lr, net.B1, net.B2 = adam
+    net.adam_eps = adam_eps
+    net.optim = torch.optim.Adam(params=net.parameters(), lr=net.lr, betas=(net.B1, net.B2),
+                                 weight_decay=0, eps=net.adam_eps)
+
+
 def init_weights(module, style):
     """Initialise every conv, linear and embedding weight of `module` in place.
 

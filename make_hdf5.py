@@ -21,10 +21,10 @@ from argparse import ArgumentParser
 
 import h5py
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+import checkpoints
 import datasets as dset
 import utils
 
@@ -115,9 +115,9 @@ def make_hdf5(dataset, data_root='data', batch_size=256, num_workers=16, chunk_s
     try:
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         # Written under a temporary name and renamed when complete; temporaries that a
-        # killed run left behind are removed first. partial_output's flock marks the
+        # killed run left behind are removed first. atomic_write's flock marks the
         # temporary as live, so HDF5's own file lock (which would conflict) is off.
-        with dset.partial_output(path) as tmp, h5py.File(tmp, 'w', locking=False) as f:
+        with checkpoints.atomic_write(path) as tmp, h5py.File(tmp, 'w', locking=False) as f:
             _fill(f, loader, dataset, path, n, size, chunk, compression, n_classes)
     except OSError as err:
         raise dset.DataError(f'{path}: cannot write the HDF5 file ({err}); check --data_root '
@@ -139,7 +139,7 @@ def _fill(f, loader, dataset, path, n, size, chunk, compression, n_classes):
         if tuple(x.shape[1:]) != (3, size, size):
             raise dset.DataError(f'{dataset}: items are {tuple(x.shape[1:])}, expected '
                                  f'(3, {size}, {size})')
-        u8 = x.add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        u8 = dset.to_uint8_image(x).numpy()
         labels[written + filled:written + filled + len(u8)] = y.numpy()
         start = 0
         while start < len(u8):
@@ -169,7 +169,7 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         path = run(config)
-    except (dset.DataError, utils.OutputError) as err:
+    except utils.USER_ERRORS as err:
         utils.fail(str(err))
     except KeyboardInterrupt:
         utils.fail('interrupted; no HDF5 file was written', status=130)

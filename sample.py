@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm, trange
 
+import datasets
+import inception_utils
 import train_fns
 import utils
 
@@ -24,7 +26,7 @@ import utils
 def load_generator(config, device):
     """Build G from config and load the experiment's G.pth (G_ema.pth with --use_ema).
 
-    Returns (G, state_dict, experiment_name); exits with a clear message when
+    Returns (G, state_dict, experiment_name); CheckpointError names the file when
     the checkpoint is missing or does not fit the flags.
     """
     model = utils.load_model_module(config['model'])
@@ -32,15 +34,11 @@ def load_generator(config, device):
     G = model.Generator(**{**config, 'skip_init': True, 'no_optim': True}).to(device)
     if config['channels_last']:
         G.to(memory_format=torch.channels_last)
-    state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'best_IS': 0, 'best_FID': 999999,
-                  'config': config}
+    state_dict = train_fns.new_training_state(config)
     use_ema = config['use_ema']
-    try:
-        utils.load_weights(None if use_ema else G, None, state_dict, config['weights_root'],
-                           experiment_name, config['load_weights'] or None,
-                           G if use_ema else None, strict=True, load_optim=False)
-    except utils.CheckpointError as err:
-        utils.fail(str(err))
+    utils.load_weights(None if use_ema else G, None, state_dict, config['weights_root'],
+                       experiment_name, config['load_weights'] or None,
+                       G if use_ema else None, strict=True, load_optim=False)
     return G, state_dict, experiment_name
 
 
@@ -51,20 +49,27 @@ def write_npz(sample, num, path):
         while count < num:
             images, labels = sample()
             take = min(len(labels), num - count)
-            xs.append(np.uint8(255 * (images[:take].float().cpu().numpy() + 1) / 2.0 + 0.5))
+            xs.append(datasets.to_uint8_image(images[:take]).cpu().numpy())
             # A copy: on CPU, .cpu().numpy() shares memory with the label buffer that
             # the next sample() redraws in place.
             ys.append(labels[:take].cpu().numpy().copy())
             count += take
             pbar.update(take)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.partial.npz'
-    np.savez(tmp, x=np.concatenate(xs), y=np.concatenate(ys))
-    os.replace(tmp, path)
+    with utils.atomic_write(path) as tmp, open(tmp, 'wb') as f:
+        np.savez(f, x=np.concatenate(xs), y=np.concatenate(ys))
 
 
 def run(config, log=print):
-    """Do every sampling job the flags ask for; returns {job: result} for metric jobs."""
+    """Do every sampling job the flags ask for; returns {job: result} for metric jobs.
+    Bad input (utils.USER_ERRORS) exits with one line."""
+    try:
+        return _run(config, log)
+    except utils.USER_ERRORS as err:
+        utils.fail(str(err))
+
+
+def _run(config, log):
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     utils.seed_rng(config['seed'])
     G, state_dict, experiment_name = load_generator(config, device)
@@ -129,19 +134,12 @@ def sample_folder(config, itr):
 
 
 def prepare_metrics(config):
-    """get_inception_metrics for --sample_inception_metrics / --sample_trunc_curves; exits
-    with what is missing and how to get it when the weights or the moments are not usable."""
-    import inception_utils as iu
-    try:
-        return iu.prepare_inception_metrics(
-            config['dataset'], config['parallel'], config['no_fid'],
-            data_root=config['data_root'],
-            network=config['inception_network'],
-            weights_path=config['inception_weights'], resolution=config['resolution'])
-    except (*iu.METRICS_UNAVAILABLE, iu.InceptionMomentsInvalid) as err:
-        flag = ('--sample_inception_metrics' if config['sample_inception_metrics']
-                else '--sample_trunc_curves')
-        utils.fail(f'{flag}: IS/FID cannot be computed: {err}')
+    """get_inception_metrics for --sample_inception_metrics / --sample_trunc_curves; raises
+    MetricsUnavailable saying what is missing and how to get it when the weights or the
+    moments are not usable."""
+    flag = ('--sample_inception_metrics' if config['sample_inception_metrics']
+            else '--sample_trunc_curves')
+    return inception_utils.metrics_for_config(config, needed_by=flag)
 
 
 def _metrics(config, G, z_, y_, sample, get_inception_metrics, state_dict, G_batch_size, log):
@@ -182,21 +180,23 @@ def _metrics(config, G, z_, y_, sample, get_inception_metrics, state_dict, G_bat
 
 
 def check_sample_flags(config):
-    """Refuse bad sampling flags before any model is loaded."""
+    """Refuse bad sampling flags (ConfigError) before any model is loaded."""
     if config['sample_trunc_curves']:
         parts = config['sample_trunc_curves'].split('_')
         try:
             start, step, end = (float(v) for v in parts)
         except ValueError:
-            utils.fail(f"--sample_trunc_curves {config['sample_trunc_curves']}: give "
-                       'start_step_end, e.g. 0.2_0.1_1.0')
+            raise utils.ConfigError(f"--sample_trunc_curves {config['sample_trunc_curves']}: "
+                                    'give start_step_end, e.g. 0.2_0.1_1.0') from None
         if not (0 < start <= end and step > 0):
-            utils.fail(f"--sample_trunc_curves {config['sample_trunc_curves']}: need "
-                       '0 < start <= end and step > 0')
+            raise utils.ConfigError(f"--sample_trunc_curves {config['sample_trunc_curves']}: "
+                                    'need 0 < start <= end and step > 0')
     if config['truncation'] < 0:
-        utils.fail(f"--truncation {config['truncation']}: must be 0 (off) or positive")
+        raise utils.ConfigError(f"--truncation {config['truncation']}: must be 0 (off) or "
+                                'positive')
     if config['sample_npz'] and config['sample_num_npz'] < 1:
-        utils.fail(f"--sample_num_npz {config['sample_num_npz']}: must be at least 1")
+        raise utils.ConfigError(f"--sample_num_npz {config['sample_num_npz']}: must be at "
+                                'least 1')
 
 
 def main(argv=None):
@@ -204,7 +204,10 @@ def main(argv=None):
     from the experiment's saved config."""
     parser = utils.add_sample_parser(utils.prepare_parser())
     config = utils.parse_config(parser, argv, from_checkpoint='arch')
-    check_sample_flags(config)
+    try:
+        check_sample_flags(config)
+    except utils.USER_ERRORS as err:
+        utils.fail(str(err))
     run(config)
 
 

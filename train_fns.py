@@ -1,8 +1,9 @@
-"""The training step and its helpers.
+"""The training step and the periodic steps of the training loop.
 
 GAN_training_function (one G iteration with its D steps), the hinge losses,
-orthogonal regularisation, EMA, grad toggling, standing statistics, and the
-periodic save / sample / test steps of train.py.
+autocast and the GradScalers, the training state (new_training_state), and the
+save / sample / test steps of train.py. Orthogonal regularisation, EMA, grad
+toggling and standing statistics live in train_helpers.py (also train_fns.<name>).
 """
 import contextlib
 import json
@@ -11,125 +12,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+import layers
+import train_helpers
+import utils
 
-def _ortho_grad(w, off_diagonal):
-    """d/dW of (1/2)||W W^T - D||_F^2 for w: (out, in); D = diag(W W^T) or I.
-
-    Uses W (W^T W) when in < out, so a tall matrix (such as G's first linear
-    layer, 24576 x 20) never forms an out x out Gram matrix.
-    """
-    if w.shape[0] <= w.shape[1]:
-        gram = w @ w.t()
-        if off_diagonal:
-            gram.diagonal().zero_()
-        else:
-            gram.diagonal().sub_(1.0)
-        return 2 * gram @ w
-    grad = w @ (w.t() @ w)
-    if off_diagonal:
-        grad -= (w * w).sum(1, keepdim=True) * w
-    else:
-        grad -= w
-    return 2 * grad
-
-
-def _apply_ortho(model, strength, blacklist, off_diagonal):
-    skip = {id(p) for p in blacklist}
-    shared = getattr(model, 'shared', None)
-    if isinstance(shared, torch.nn.Module):
-        # G's shared class embedding is never orthogonalised.
-        skip.update(id(p) for p in shared.parameters())
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim < 2 or id(param) in skip or param.grad is None:
-                continue
-            # reshape, not view: a channels-last conv weight is not contiguous as (out, -1).
-            w = param.reshape(param.shape[0], -1)
-            if w.dtype in (torch.float16, torch.bfloat16):
-                w = w.float()
-            param.grad.add_(_ortho_grad(w, off_diagonal).view(param.shape), alpha=strength)
-
-
-def ortho(model, strength=1e-4, blacklist=()):
-    """BigGAN's off-diagonal orthogonal regularisation, added straight to .grad.
-
-    For every parameter with 2+ dims (W viewed as (out, -1)), not in
-    `blacklist` and not in model.shared, adds 2*strength*((W W^T) * (1 - I)) W.
-    """
-    _apply_ortho(model, strength, blacklist, off_diagonal=True)
-
-
-def default_ortho(model, strength=1e-4, blacklist=()):
-    """Full orthogonal regularisation: adds 2*strength*(W W^T - I) W to .grad."""
-    _apply_ortho(model, strength, blacklist, off_diagonal=False)
-
-
-def toggle_grad(model, on_or_off):
-    """Set requires_grad of every parameter of `model`."""
-    for param in model.parameters():
-        param.requires_grad_(on_or_off)
-
-
-class ema:
-    """Exponential moving average of `source`'s state into `target`.
-
-    Every floating-point entry of the state dict (weights, SN vectors, BN
-    statistics) is averaged, as in the original. Before `start_itr` the
-    target simply copies the source. The target starts as a copy.
-    """
-
-    def __init__(self, source, target, decay=0.9999, start_itr=0):
-        self.source = source
-        self.target = target
-        self.decay = decay
-        self.start_itr = start_itr
-        src, tgt = source.state_dict(), target.state_dict()
-        self.source_float, self.target_float = [], []
-        self.source_other, self.target_other = [], []
-        for key, value in src.items():
-            if value.is_floating_point():
-                self.source_float.append(value)
-                self.target_float.append(tgt[key])
-            else:
-                self.source_other.append(value)
-                self.target_other.append(tgt[key])
-        with torch.no_grad():
-            torch._foreach_copy_(self.target_float + self.target_other,
-                                 self.source_float + self.source_other)
-
-    def update(self, itr=None):
-        """Move target toward source: target = decay * target + (1 - decay) * source."""
-        # As in the original, itr=None or 0 never pegs the average to the source.
-        decay = 0.0 if itr and itr < self.start_itr else self.decay
-        with torch.no_grad():
-            torch._foreach_lerp_(self.target_float, self.source_float, 1.0 - decay)
-            if self.target_other:
-                torch._foreach_copy_(self.target_other, self.source_other)
-
-
-def initiate_standing_stats(net):
-    """Zero every myBN's statistics and switch it to accumulating them."""
-    for module in net.modules():
-        if hasattr(module, 'accumulate_standing'):
-            module.reset_stats()
-            module.accumulate_standing = True
-
-
-def accumulate_standing_stats(net, z, y, nclasses, num_accumulations=16):
-    """Recompute "standing" BN statistics of G from `num_accumulations` batches.
-
-    z, y: samplable (N, dim_z) and (N,) from utils.prepare_z_y (drawn with
-    their own generator, if they have one); nclasses is kept for the original
-    signature. Leaves `net` in eval mode, using the accumulated averages.
-    """
-    initiate_standing_stats(net)
-    net.train()
-    with torch.no_grad():
-        for _ in range(num_accumulations):
-            z.sample_()
-            y.sample_()
-            net(z, net.shared(y))
-    net.eval()
+# train_fns.<name>, as train.py and the tests call them (defined in train_helpers).
+ortho, default_ortho = train_helpers.ortho, train_helpers.default_ortho
+ema, toggle_grad = train_helpers.ema, train_helpers.toggle_grad
+initiate_standing_stats = train_helpers.initiate_standing_stats
+accumulate_standing_stats = train_helpers.accumulate_standing_stats
 
 
 # ---------------------------------------------------------------------------
@@ -182,7 +73,7 @@ class AutocastModule(torch.nn.Module):
         self.module, self.amp = module, amp
 
     def forward(self, *args, **kwargs):
-        device_type = next(self.module.parameters()).device.type
+        device_type = layers.module_device(self.module).type
         with autocast(device_type, self.amp):
             return self.module(*args, **kwargs)
 
@@ -298,11 +189,52 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
 
 
 # ---------------------------------------------------------------------------
+# The training state
+# ---------------------------------------------------------------------------
+def new_training_state(config):
+    """The training state of a new run: the dict saved as state_dict.pth.
+
+    Keys, and what writes them (load_weights copies each saved key back on --resume):
+      itr (int): G iterations done; train._train's loop.
+      epoch (int): epochs done; train._train's loop, from its sampler.
+      save_num (int): the rotating copy slot written next; save_and_sample.
+      save_best_num (int): the best-copy slot written last; update_best_copies.
+      best_IS, best_FID (float): the best IS and FID so far; test.
+      best_copies (list): {slot, itr, IS_mean, FID} of the kept best copies, best first;
+        update_best_copies.
+      rng (dict or None): the RNG states at the last save or test, for an exact resume;
+        train.frozen_for_sampling (utils.get_rng_state).
+      grad_scalers (dict or None, with --amp fp16 only): the GradScalers' scales and
+        growth trackers, as plain numbers; train.frozen_for_sampling.
+      config (dict): `config` itself; save_weights stores it without the module
+        objects derived from it.
+    """
+    state = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
+             'best_IS': 0.0, 'best_FID': 999999.0, 'best_copies': [], 'rng': None,
+             'config': config}
+    if config.get('amp', 'none') == 'fp16':
+        state['grad_scalers'] = None
+    return state
+
+
+# ---------------------------------------------------------------------------
 # Periodic steps of the training loop
 # ---------------------------------------------------------------------------
 def sampling_G(G, G_ema, config):
     """The generator that sheets and metrics use: G_ema with --ema --use_ema, else G."""
     return G_ema if config['ema'] and config['use_ema'] and G_ema is not None else G
+
+
+@contextlib.contextmanager
+def standing_G(G, G_ema, z_, y_, config):
+    """Yield sampling_G, with --accumulate_stats' standing statistics drawn from z_, y_;
+    every buffer of it is restored on exit, so sampling never changes the training run."""
+    which_G = sampling_G(G, G_ema, config)
+    with utils.preserved_buffers(which_G):
+        if config['accumulate_stats']:
+            accumulate_standing_stats(which_G, z_, y_, config['n_classes'],
+                                      config['num_standing_accumulations'])
+        yield which_G
 
 
 def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
@@ -313,12 +245,7 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
     generator, so it never changes the training run; saving comes last so the
     checkpoint holds exactly the state the next iteration starts from.
     """
-    import utils
-    which_G = sampling_G(G, G_ema, config)
-    with utils.preserved_buffers(which_G):
-        if config['accumulate_stats']:
-            accumulate_standing_stats(which_G, z_, y_, config['n_classes'],
-                                      config['num_standing_accumulations'])
+    with standing_G(G, G_ema, z_, y_, config) as which_G:
         folder = state_dict['itr']
         root = config['samples_root']
         with torch.no_grad():
@@ -371,7 +298,6 @@ def update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean
     with the set) record which slot holds which iteration, best first.
     Returns the slot written, or None.
     """
-    import utils
     n = config['num_best_copies']
     if n <= 0:
         return None
@@ -405,12 +331,7 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     metrics and updates best_IS/best_FID, but writes nothing.
     Returns (IS_mean, IS_std, FID).
     """
-    import utils
-    which_G = sampling_G(G, G_ema, config)
-    with utils.preserved_buffers(which_G):
-        if config['accumulate_stats']:
-            accumulate_standing_stats(which_G, z_, y_, config['n_classes'],
-                                      config['num_standing_accumulations'])
+    with standing_G(G, G_ema, z_, y_, config):
         IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
                                                      num_splits=10, prints=write)
     IS_mean, IS_std, FID = float(IS_mean), float(IS_std), float(FID)

@@ -513,20 +513,15 @@ def dump_tfhub_to_hdf5(module_path, hdf5_path, redownload=False, deep=False):
                             f'{(N_TRUNCATIONS, channels)} for {name}')
                     stats[name] = (value, tensor_name)
     os.makedirs(os.path.dirname(os.path.abspath(hdf5_path)), exist_ok=True)
-    partial = f'{hdf5_path}.partial'
-    try:
-        with h5py.File(partial, 'w') as h5file:
-            for name, value in values.items():
-                h5file.create_dataset(name, data=value)
-            for name, (value, source) in stats.items():
-                h5file.create_dataset(name, data=value).attrs['source'] = source
-            if stats:
-                h5file.create_dataset(f'{BN_STATS_ROOT}/truncation',
-                                      data=np.linspace(0, 1, N_TRUNCATIONS, dtype=np.float32))
-        os.replace(partial, hdf5_path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with utils.atomic_write(hdf5_path) as partial, \
+            h5py.File(partial, 'w', locking=False) as h5file:
+        for name, value in values.items():
+            h5file.create_dataset(name, data=value)
+        for name, (value, source) in stats.items():
+            h5file.create_dataset(name, data=value).attrs['source'] = source
+        if stats:
+            h5file.create_dataset(f'{BN_STATS_ROOT}/truncation',
+                                  data=np.linspace(0, 1, N_TRUNCATIONS, dtype=np.float32))
     print(f'Wrote {len(values)} variables and {len(stats)} BN statistics to {hdf5_path}')
     return hdf5_path
 
@@ -575,9 +570,8 @@ def convert_biggan(resolution, weights_dir, redownload=False, no_ema=False, verb
     G, state_dict, flags = convert_h5(hdf5_path, resolution, deep, ema=not no_ema,
                                       truncation=truncation, verbose=verbose)
     pth_path = os.path.join(weights_dir, pth_name(resolution, deep, truncation))
-    partial = f'{pth_path}.partial'
-    torch.save(state_dict, partial)
-    os.replace(partial, pth_path)
+    with utils.atomic_write(pth_path) as partial:
+        torch.save(state_dict, partial)
     return G, pth_path, flags
 
 
@@ -633,7 +627,7 @@ def main(argv=None):
         if folder:
             try:
                 utils.check_writable(folder, flag)
-            except utils.OutputError as err:
+            except utils.USER_ERRORS as err:
                 utils.fail(str(err))
     os.makedirs(args.weights_dir, exist_ok=True)
     for resolution in ([args.resolution] if args.resolution else RESOLUTIONS):
@@ -642,7 +636,7 @@ def main(argv=None):
                 resolution, args.weights_dir, redownload=args.redownload, no_ema=args.no_ema,
                 verbose=args.verbose, deep=args.deep, truncation=args.truncation,
                 module_path=args.module_path)
-        except (ConversionError, OSError) as err:
+        except (ConversionError, OSError, *utils.USER_ERRORS) as err:
             utils.fail(str(err))
         weights = 'raw' if args.no_ema else 'EMA'
         stats = (f', BN statistics at truncation {args.truncation:g}' if args.deep else '')

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import BigGAN
+import checkpoints
 import train_fns
 import utils
 from conftest import ROOT, tiny_config
@@ -98,7 +99,7 @@ def test_full_disk_during_a_save_removes_the_temporaries_and_keeps_the_previous_
     old_G = {k: v.clone() for k, v in G.state_dict().items()}
     _take_optimizer_step(G, D)
     # Room for about two of the six files: the third write fails inside torch.save.
-    monkeypatch.setattr(utils, 'open', _FullDisk(2 * os.path.getsize(root / 'G.pth')),
+    monkeypatch.setattr(checkpoints, 'open', _FullDisk(2 * os.path.getsize(root / 'G.pth')),
                         raising=False)
     with pytest.raises(utils.CheckpointError, match='No space left on device'):
         utils.save_weights(G, D, _state(config, 2), str(tmp_path), 'exp', None, G_ema)
@@ -290,8 +291,8 @@ def test_readers_use_the_last_committed_set_and_never_change_the_folder(tmp_path
     root = tmp_path / 'exp'
     _save(tmp_path, 1)
     # A writer killed before its commit record: its temporaries lie beside the set.
-    monkeypatch.setattr(utils, '_remove_quietly', lambda paths: None)
-    monkeypatch.setattr(utils, '_atomic_write_bytes', lambda *a: (_ for _ in ()).throw(_Killed()))
+    monkeypatch.setattr(checkpoints, '_remove_quietly', lambda paths: None)
+    monkeypatch.setattr(checkpoints, '_write_record', lambda *a: (_ for _ in ()).throw(_Killed()))
     with pytest.raises(_Killed):
         _save(tmp_path, 2)
     monkeypatch.undo()
@@ -325,14 +326,14 @@ def test_readers_use_the_last_committed_set_and_never_change_the_folder(tmp_path
 
 def test_a_set_is_never_committed_with_a_file_missing(tmp_path, monkeypatch):
     _save(tmp_path, 1)
-    real_fsync_dir = utils._fsync_dir
+    real_fsync_dir = checkpoints._fsync_dir
 
     def lose_a_file(path):
         for name in os.listdir(path):
             if name.startswith('D_optim.pth.partial'):
                 os.remove(os.path.join(path, name))
         real_fsync_dir(path)
-    monkeypatch.setattr(utils, '_fsync_dir', lose_a_file)
+    monkeypatch.setattr(checkpoints, '_fsync_dir', lose_a_file)
     with pytest.raises(utils.CheckpointError, match='D_optim.pth.partial.* vanished'):
         _save(tmp_path, 2)
     monkeypatch.undo()

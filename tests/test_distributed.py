@@ -16,11 +16,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
+import BigGAN
 import distributed
 import inception_utils
 import layers
 import sync_batchnorm
 import train
+import train_fns
 import utils
 from conftest import ROOT
 
@@ -397,3 +399,71 @@ def test_torchrun_matches_one_process_and_resumes_across_world_sizes(tmp_path):
     _assert_same_trajectory(one_to_two, two)
     lines = (one_to_two / 'logs' / 'exp' / 'G_loss.log').read_text().splitlines()
     assert [int(line.split(':')[0]) for line in lines] == [1, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------
+# DistributedG_D, with and without --split_D, against G_D on the whole batch
+# ---------------------------------------------------------------------------
+SPLIT_N = 2  # per rank
+
+
+def _split_D_setup(world_size):
+    """Tiny G (eval mode: per-sample outputs), D, and one global batch of z, y, x, dy."""
+    from conftest import tiny_config
+    config = tiny_config()
+    torch.manual_seed(0)
+    G, D = BigGAN.Generator(**config).eval(), BigGAN.Discriminator(**config)
+    g = torch.Generator().manual_seed(1)
+    n = SPLIT_N * world_size
+    z = torch.randn(n, G.dim_z, generator=g)
+    y = torch.randint(0, config['n_classes'], (n,), generator=g)
+    x = torch.rand(n, 3, 32, 32, generator=g) * 2 - 1
+    dy = torch.randint(0, config['n_classes'], (n,), generator=g)
+    return G, D, (z, y, x, dy)
+
+
+def _D_and_G_steps(GD, G, D, z, y, x, dy, split_D):
+    """One D step's outputs and D grads, then one G step's G grads (hinge losses)."""
+    D_fake, D_real = GD(z, y, x, dy, train_G=False, split_D=split_D)
+    sum(train_fns.discriminator_loss(D_fake, D_real)).backward()
+    out = {'D_fake': D_fake.detach(), 'D_real': D_real.detach(),
+           'D_grads': {k: p.grad.clone() for k, p in D.named_parameters()}}
+    train_fns.generator_loss(GD(z, y, train_G=True, split_D=split_D)).backward()
+    out['G_grads'] = {k: p.grad.clone() for k, p in G.named_parameters() if p.grad is not None}
+    return out
+
+
+def _split_D_worker(rank, world_size, port, out_dir):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=world_size)
+    try:
+        results = {}
+        for split_D in (False, True):
+            G, D, batch = _split_D_setup(world_size)
+            part = slice(rank * SPLIT_N, (rank + 1) * SPLIT_N)
+            GD = distributed.DistributedG_D(G, D, torch.device('cpu'))
+            results[split_D] = _D_and_G_steps(GD, G, D, *(t[part] for t in batch), split_D)
+        torch.save(results, os.path.join(out_dir, f'split{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('split_D', [False, True])
+def test_ddp_G_D_equals_G_D_on_the_global_batch(tmp_path_factory, split_D):
+    out_dir = tmp_path_factory.getbasetemp() / 'split_D'
+    if not (out_dir / 'split1.pt').exists():
+        out_dir.mkdir(exist_ok=True)
+        mp.spawn(_split_D_worker, args=(2, _free_port(), str(out_dir)), nprocs=2, join=True)
+    ranks = [torch.load(out_dir / f'split{r}.pt', weights_only=True)[split_D] for r in range(2)]
+    G, D, batch = _split_D_setup(2)
+    ref = _D_and_G_steps(BigGAN.G_D(G, D), G, D, *batch, split_D)
+    for key in ('D_fake', 'D_real'):
+        assert torch.allclose(torch.cat([r[key] for r in ranks]), ref[key], atol=1e-5), key
+    # DDP averages each rank's gradient of its local mean loss: the global-batch gradient.
+    for grads in ('D_grads', 'G_grads'):
+        assert ref[grads].keys() == ranks[0][grads].keys()
+        for name, grad in ref[grads].items():
+            for r in ranks:
+                error = (r[grads][name] - grad).abs().max()
+                assert error <= 1e-4 * (1 + grad.abs().max()), (grads, name)

@@ -28,7 +28,8 @@ def _penalty(net, off_diagonal, params):
     return total
 
 
-@pytest.mark.parametrize('fn, off_diagonal', [(utils.ortho, True), (utils.default_ortho, False)])
+@pytest.mark.parametrize('fn, off_diagonal',
+                         [(train_fns.ortho, True), (train_fns.default_ortho, False)])
 def test_ortho_gradient_equals_autograd_of_the_penalty(fn, off_diagonal):
     torch.manual_seed(0)
     net = _Net().double()
@@ -61,7 +62,7 @@ def test_ema_arithmetic_and_start_itr():
     with torch.no_grad():
         src.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
         tgt.weight.fill_(-5.0)
-    ema = utils.ema(src, tgt, decay=0.9, start_itr=10)
+    ema = train_fns.ema(src, tgt, decay=0.9, start_itr=10)
     assert torch.equal(tgt.weight, src.weight)  # starts as a copy
     with torch.no_grad():
         src.weight.add_(1.0)
@@ -137,3 +138,12 @@ def test_ortho_reg_with_the_speed_flags(one_thread):
         assert all(torch.isfinite(g).all() for g in grads.values())
         tol = 1e-2 if amp == 'none' else 1e-1
         assert _rel_err(grads, references[amp]) < tol, (channels_last, amp, compiled)
+
+
+def test_the_original_utils_names_are_the_training_helpers_themselves():
+    for name in ('ema', 'ortho', 'default_ortho', 'toggle_grad', 'initiate_standing_stats',
+                 'accumulate_standing_stats'):
+        assert getattr(utils, name) is getattr(train_fns, name), name
+    import checkpoints
+    for name in ('save_weights', 'load_weights', 'torch_load', 'CheckpointError'):
+        assert getattr(utils, name) is getattr(checkpoints, name), name

@@ -118,12 +118,17 @@ def test_truncated_z_stays_inside_the_threshold():
 
 
 def test_missing_checkpoint_and_bad_trunc_flags_exit_2(tmp_path, capsys):
-    with pytest.raises(SystemExit) as err:
+    # The library functions raise; the entry points (run, main) exit with one line.
+    with pytest.raises(utils.CheckpointError, match='no checkpoint G.pth'):
         sample.load_generator(_sample_config(tmp_path), 'cpu')
+    with pytest.raises(SystemExit) as err:
+        sample.run(_sample_config(tmp_path, '--sample_random'), log=lambda m: None)
     assert err.value.code == 2 and 'no checkpoint G.pth' in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(utils.ConfigError, match='--sample_trunc_curves'):
         sample.check_sample_flags(_sample_config(tmp_path, '--sample_trunc_curves', '1_0.1'))
-    assert '--sample_trunc_curves' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        sample.main(TRAIN + ['--base_root', str(tmp_path), '--sample_trunc_curves', '1_0.1'])
+    assert err.value.code == 2 and '--sample_trunc_curves' in capsys.readouterr().err
 
 
 def _legacy_folder(root, config):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import train
 import utils
 from conftest import ROOT
@@ -276,7 +277,7 @@ def test_a_polling_reader_and_a_second_trainer_leave_a_running_experiment_alone(
 # ---------------------------------------------------------------------------
 def test_too_little_space_for_a_checkpoint_set_is_refused_before_training(
         tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(utils.shutil, 'disk_usage',
+    monkeypatch.setattr(checkpoints.shutil, 'disk_usage',
                         lambda path: SimpleNamespace(total=10**12, used=10**12, free=50_000))
     _expect_refusal(capsys, tmp_path, ['--num_iters', '2'], 'one checkpoint set needs')
 

@@ -46,7 +46,7 @@ def _replay(GD, G, D, calls, buffers):
     per_call = []
     for z, gy, x, dy, kw in calls:
         net = G if kw.get('train_G') else D
-        utils.toggle_grad(net, True)
+        train_fns.toggle_grad(net, True)
         net.zero_grad(set_to_none=True)
         out = GD(z, gy, x, dy, **kw)
         if kw.get('train_G'):
@@ -101,7 +101,7 @@ def test_toggle_grads_and_ema_update_inside_the_step():
     config, G, D, GD = _setup('--G_lr', '1e-3', '--ema', '--ema_decay', '0.5', '--batch_size', '2',
                               '--num_D_steps', '1')
     G_ema = BigGAN.Generator(**{**config, 'skip_init': True, 'no_optim': True})
-    ema = utils.ema(G, G_ema, 0.5)
+    ema = train_fns.ema(G, G_ema, 0.5)
     before = G_ema.linear.weight.detach().clone()
     z_, y_ = utils.prepare_z_y(2, G.dim_z, 10, device='cpu')
     train = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, {'itr': 5}, config)

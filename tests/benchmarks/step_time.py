@@ -42,7 +42,7 @@ def build_step(argv, device, channels_last=False):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for net in (G, D, G_ema):
         net.to(memory_format=fmt)
-    ema = utils.ema(G, G_ema, config['ema_decay'], config['ema_start'])
+    ema = train_fns.ema(G, G_ema, config['ema_decay'], config['ema_start'])
     z_, y_ = utils.prepare_z_y(config['batch_size'], G.dim_z, config['n_classes'], device=device)
     state = {'itr': 0}
     train = train_fns.GAN_training_function(G, D, model.G_D(G, D), z_, y_, ema, state, config)
