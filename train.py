@@ -20,6 +20,7 @@ import datasets
 import distributed
 import inception_utils
 import sync_batchnorm
+import tensorboard_logs
 import train_fns
 import utils
 
@@ -233,6 +234,13 @@ def _train(config, ctx, log):
         utils.write_metadata(config['logs_root'], experiment_name, config, state_dict)
     else:
         test_log = train_log = None
+    # --tensorboard: rank 0's text logs also write events, from the same host values.
+    board = None
+    if ctx.is_main and config['tensorboard']:
+        board = tensorboard_logs.TensorBoardLogger(config, experiment_name, start_itr,
+                                                   {'G': G.optim, 'D': D.optim})
+        train_log = tensorboard_logs.TeeTrainLog(train_log, board)
+        test_log = tensorboard_logs.TeeMetricsLog(test_log, board)
     where = f'{ctx.world_size} processes ({device.type})' if ctx.distributed else str(device)
     log(f'Experiment {experiment_name}: G has {sum(p.numel() for p in G.parameters()):,} '
         f'parameters, D {sum(p.numel() for p in D.parameters()):,}; training on {where}.')
@@ -279,6 +287,8 @@ def _train(config, ctx, log):
             train_fns.save_and_sample(G, D, G_ema, sample_z, sample_y, fixed_z, fixed_y,
                                       state_dict, config, experiment_name,
                                       generator=sample_gen)
+        if board is not None:
+            board.add_sheets(state_dict['itr'])
         return state_dict['itr']
 
     def test():
@@ -352,6 +362,8 @@ def _train(config, ctx, log):
             flush()
             save()
         flush()
+    if board is not None:
+        board.close()
     pbar.close()
     log(f"Finished at iteration {state_dict['itr']}: checkpoints in "
         f"{os.path.join(config['weights_root'], experiment_name)}, samples in "

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import pickle
@@ -280,6 +281,10 @@ def prepare_parser():
     arg('--sv_log_interval', type=int, default=10,
         help='Iterations between logs of the singular values (num_G_SVs/num_D_SVs per SN '
              'layer) of G and D; 0 for none (default: %(default)s)')
+    arg('--tensorboard', action='store_true', default=False,
+        help='Also write TensorBoard events into logs/<exp>/tensorboard/: losses, singular '
+             'values, test metrics, speed, learning rates, the sample sheets of every save '
+             'and the config; watch with `tensorboard --logdir logs` (default: %(default)s)')
     return parser
 
 
@@ -429,6 +434,10 @@ def _check_flags(config):
         errors.append(f"--seed {config['seed']}: must lie in [0, 2**32) (numpy's seed range)")
     if not 0.0 <= config['ema_decay'] <= 1.0:
         errors.append(f"--ema_decay {config['ema_decay']}: must lie in [0, 1]")
+    if config.get('tensorboard') and importlib.util.find_spec('tensorboard') is None:
+        errors.append('--tensorboard: the tensorboard package is not installed; '
+                      'pip install tensorboard (it is in requirements.txt), or train without '
+                      '--tensorboard')
     if config['logstyle'] not in ('pickle', 'mat', 'npz'):
         try:
             config['logstyle'] % 1.0
@@ -566,7 +575,7 @@ ARCH_FLAGS = ('dataset', 'resolution', 'model', 'G_param', 'D_param', 'G_ch', 'D
 LOCAL_FLAGS = ('experiment_name', 'name_suffix', 'hashname', 'resume',
                'load_weights', 'skip_init', 'base_root', 'data_root', 'weights_root',
                'logs_root', 'samples_root', 'inception_weights', 'num_workers', 'pin_memory',
-               'load_in_mem', 'parallel', 'compile')
+               'load_in_mem', 'parallel', 'compile', 'tensorboard')
 # The released checkpoints' config predates the parser; these values are mapped.
 _LEGACY_VALUES = {'model': {'model': 'BigGAN'}}
 
