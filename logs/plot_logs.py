@@ -23,6 +23,7 @@ each experiment's best IS and best FID with their iterations. Replaces the
 original's MATLAB scripts (logs/process_training.m and friends).
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -360,6 +361,9 @@ def main(argv=None):
             experiments.append(resolve(arg, args.logs_root))
         except FileNotFoundError as err:
             errors.append(str(err))
+    if args.from_tensorboard and importlib.util.find_spec('tensorboard') is None:
+        errors.append('--from_tensorboard: the tensorboard package is not installed; '
+                      'pip install tensorboard, or plot the text logs')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         errors.append(f'--out {args.out}: a file, not a folder; give a folder for the plots')
     if errors:

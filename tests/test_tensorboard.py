@@ -227,3 +227,19 @@ def test_tensorboard_without_the_package_is_refused_naming_the_fix(monkeypatch, 
     assert err.value.code == 2
     assert '--tensorboard: the tensorboard package is not installed; pip install tensorboard' \
         in capsys.readouterr().err
+
+
+def test_plot_logs_from_tensorboard_without_the_package_names_the_fix(tmp_path, monkeypatch,
+                                                                      capsys):
+    from test_plot_logs import _plot_logs
+    plot_logs = _plot_logs()
+    (tmp_path / 'exp' / 'tensorboard').mkdir(parents=True)
+    real = plot_logs.importlib.util.find_spec
+    monkeypatch.setattr(plot_logs.importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'tensorboard' else real(name, *a))
+    status = plot_logs.main(['exp', '--logs_root', str(tmp_path), '--out',
+                             str(tmp_path / 'plots'), '--from_tensorboard'])
+    assert status == 2
+    assert 'the tensorboard package is not installed; pip install tensorboard' \
+        in capsys.readouterr().err
+    assert not (tmp_path / 'plots').exists()
