@@ -20,6 +20,7 @@ import datasets
 import distributed
 import inception_utils
 import sync_batchnorm
+import tensorboard_logs
 import train_fns
 import utils
 
@@ -165,6 +166,7 @@ def _train(config, ctx, log):
     loader = make_loader(config, state_dict, ctx)
     GD = wrap_for_training(nets, config, ctx)
     train_log, test_log = open_logs(config, experiment_name, nets, state_dict, ctx)
+    board = open_board(config, experiment_name, nets, state_dict, train_log, test_log, ctx)
     where = f'{ctx.world_size} processes ({ctx.device.type})' if ctx.distributed else \
         str(ctx.device)
     log(f'Experiment {experiment_name}: G has {_count(nets.G):,} parameters, D '
@@ -192,13 +194,13 @@ def _train(config, ctx, log):
             done = itr >= total
             losses = train_step(train, nets, x, y, ctx)
             if train_log is not None:
-                log_step(train_log, itr, losses, nets, config)
+                log_step(train_log, board, itr, losses, nets, config)
             if get_inception_metrics is not None and itr % config['test_every'] == 0:
                 test(nets, latents, state_dict, config, experiment_name,
                      get_inception_metrics, test_log, train_log, ctx, log)
             if ctx.is_main and (itr % config['save_every'] == 0 or done):
                 saved_itr = save(nets, latents, state_dict, config, experiment_name,
-                                 train_log, ctx)
+                                 train_log, board, ctx)
             if done:
                 break
         state_dict['epoch'] = sampler.epoch_of(state_dict['itr'])
@@ -206,8 +208,10 @@ def _train(config, ctx, log):
     # The end: a last save unless this iteration's is on disk.
     if ctx.is_main:
         if state_dict['itr'] != saved_itr:
-            save(nets, latents, state_dict, config, experiment_name, train_log, ctx)
+            save(nets, latents, state_dict, config, experiment_name, train_log, board, ctx)
         train_log.flush()
+        if board is not None:
+            board.close()
     pbar.close()
     log(f"Finished at iteration {state_dict['itr']}: checkpoints in "
         f"{os.path.join(config['weights_root'], experiment_name)}, samples in "
@@ -339,6 +343,19 @@ def open_logs(config, experiment_name, nets, state_dict, ctx):
     return train_log, test_log
 
 
+def open_board(config, experiment_name, nets, state_dict, train_log, test_log, ctx):
+    """--tensorboard on rank 0: a TensorBoardLogger fed by the text logs' flushes (the
+    same host values, no extra sync) and metrics records; None otherwise."""
+    if not (ctx.is_main and config['tensorboard']):
+        return None
+    board = tensorboard_logs.TensorBoardLogger(
+        config, experiment_name, state_dict['itr'] if config['resume'] else None,
+        {'G': nets.G.optim, 'D': nets.D.optim})
+    train_log.sinks.append(board.sink)
+    test_log.sinks.append(board.log_metrics)
+    return board
+
+
 def make_latents(config, G, ctx):
     """The run's Latents. Sheets and metrics draw from a private generator, reseeded from
     (seed, itr, rank) before each use, so the training trajectory never depends on how
@@ -380,12 +397,15 @@ def train_step(train, nets, x, y, ctx):
     return distributed.all_mean(train(x, y), ctx)
 
 
-def log_step(train_log, itr, losses, nets, config):
+def log_step(train_log, board, itr, losses, nets, config):
     """Buffer this iteration's losses (the logger flushes them on its own clock), and log
-    the singular values every --sv_log_interval iterations."""
+    the singular values every --sv_log_interval iterations (also to the board)."""
     train_log.buffer(itr, losses)
     if config['sv_log_interval'] > 0 and itr % config['sv_log_interval'] == 0:
-        train_log.log(itr, **utils.get_SVs(nets.G, 'G'), **utils.get_SVs(nets.D, 'D'))
+        svs = {**utils.get_SVs(nets.G, 'G'), **utils.get_SVs(nets.D, 'D')}
+        train_log.log(itr, **svs)
+        if board is not None:
+            board.log(itr, **svs)
 
 
 @contextlib.contextmanager
@@ -422,13 +442,16 @@ def test(nets, latents, state_dict, config, experiment_name, get_inception_metri
                        test_log, log=log, write=ctx.is_main)
 
 
-def save(nets, latents, state_dict, config, experiment_name, train_log, ctx):
-    """Rank 0: this iteration's sheets, then its checkpoint sets; returns the iteration."""
+def save(nets, latents, state_dict, config, experiment_name, train_log, board, ctx):
+    """Rank 0: this iteration's sheets, then its checkpoint sets (and the sheets to the
+    board); returns the iteration."""
     with frozen_for_sampling(nets, latents, state_dict, config, train_log, ctx):
         train_fns.save_and_sample(nets.G, nets.D, nets.G_ema, latents.sample_z,
                                   latents.sample_y, latents.fixed_z, latents.fixed_y,
                                   state_dict, config, experiment_name,
                                   generator=latents.sample_gen)
+    if board is not None:
+        board.add_sheets(state_dict['itr'])
     return state_dict['itr']
 
 

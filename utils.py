@@ -27,6 +27,7 @@ import contextlib
 import datetime
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import random
@@ -313,6 +314,10 @@ def prepare_parser():
     arg('--sv_log_interval', type=int, default=10,
         help='Iterations between logs of the singular values (num_G_SVs/num_D_SVs per SN '
              'layer) of G and D; 0 for none (default: %(default)s)')
+    arg('--tensorboard', action='store_true', default=False,
+        help='Also write TensorBoard events into logs/<exp>/tensorboard/: losses, singular '
+             'values, test metrics, speed, learning rates, the sample sheets of every save '
+             'and the config; watch with `tensorboard --logdir logs` (default: %(default)s)')
     return parser
 
 
@@ -462,6 +467,10 @@ def _check_flags(config):
         errors.append(f"--seed {config['seed']}: must lie in [0, 2**32) (numpy's seed range)")
     if not 0.0 <= config['ema_decay'] <= 1.0:
         errors.append(f"--ema_decay {config['ema_decay']}: must lie in [0, 1]")
+    if config.get('tensorboard') and importlib.util.find_spec('tensorboard') is None:
+        errors.append('--tensorboard: the tensorboard package is not installed; '
+                      'pip install tensorboard (it is in requirements.txt), or train without '
+                      '--tensorboard')
     if config['logstyle'] not in ('pickle', 'mat', 'npz'):
         try:
             config['logstyle'] % 1.0
@@ -599,7 +608,7 @@ ARCH_FLAGS = ('dataset', 'resolution', 'model', 'G_param', 'D_param', 'G_ch', 'D
 LOCAL_FLAGS = ('experiment_name', 'name_suffix', 'hashname', 'resume',
                'load_weights', 'skip_init', 'base_root', 'data_root', 'weights_root',
                'logs_root', 'samples_root', 'inception_weights', 'num_workers', 'pin_memory',
-               'load_in_mem', 'parallel', 'compile')
+               'load_in_mem', 'parallel', 'compile', 'tensorboard')
 # The released checkpoints' config predates the parser; these values are mapped.
 _LEGACY_VALUES = {'model': {'model': 'BigGAN'}}
 
@@ -885,10 +894,12 @@ class MetricsLogger:
 
     start_itr (on resume): rows after that iteration, written by a run that died
     before its next checkpoint, are dropped, so the resumed run does not repeat them.
+    Each record also goes to every sink(record) in `sinks`.
     """
 
     def __init__(self, fname, reinitialize=False, start_itr=None):
         self.fname = fname
+        self.sinks = []
         if reinitialize and os.path.exists(fname):
             os.remove(fname)
         elif start_itr is not None and os.path.isfile(fname):
@@ -898,6 +909,8 @@ class MetricsLogger:
         record = {**(record or {}), **kwargs, '_stamp': time.time()}
         with open(self.fname, 'a') as f:
             f.write(json.dumps(record, ensure_ascii=True) + '\n')
+        for sink in self.sinks:
+            sink(record)
 
 
 class MyLogger:

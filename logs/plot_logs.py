@@ -11,7 +11,11 @@ formats train.py writes:
   (FID absent or NaN with --no_fid);
 - `<name>/<metric>.log`: lines `"<itr>: <value>"` for the losses (G_loss,
   D_loss_real, D_loss_fake, ...) and the singular values (G_..._sv<k>, D_..._sv<k>);
-  `metalog.txt` is ignored.
+  `metalog.txt` is ignored;
+- with --from_tensorboard, instead of both: `<name>/tensorboard/`, the event files of
+  `train.py --tensorboard` (tags `train/<metric>`, `G_svs/<metric>`, `D_svs/<metric>`,
+  `metrics/<key>`, read with TensorBoard's event reader, which drops what a resumed
+  run superseded), so the plots show what TensorBoard shows.
 
 Writes into --out: IS_FID.png (all experiments overlaid), and per experiment
 <name>_losses.png, <name>_G_svs.png, <name>_D_svs.png when it has such logs. Prints
@@ -19,6 +23,7 @@ each experiment's best IS and best FID with their iterations. Replaces the
 original's MATLAB scripts (logs/process_training.m and friends).
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 
 SV_RE = re.compile(r'^([GD])_.+_sv\d+$')
 JSONL_SUFFIX = '_log.jsonl'
+TENSORBOARD_FOLDER = 'tensorboard'
 
 
 @dataclass
@@ -106,8 +112,53 @@ def read_metric_log(path, notes):
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def load(experiment):
-    """Fill the experiment's rows, losses and singular values from its files."""
+def read_events(folder, notes):
+    """{tag: (steps, values)} of every scalar in a TensorBoard event folder, sorted by step."""
+    import logging
+
+    from tensorboard.backend.event_processing import event_accumulator
+    # The reader warns, on stderr, about every purge a resumed run asked for.
+    logging.getLogger('tensorboard').setLevel(logging.ERROR)
+    acc = event_accumulator.EventAccumulator(
+        folder, size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 1,
+                               event_accumulator.TENSORS: 1})
+    acc.Reload()
+    series = {}
+    for tag in acc.Tags()['scalars']:
+        events = sorted(acc.Scalars(tag), key=lambda e: e.step)
+        series[tag] = [e.step for e in events], [e.value for e in events]
+    if not series:
+        notes.append(f'{folder}: no scalars in its event files')
+    return series
+
+
+def load_events(experiment):
+    """Fill the experiment's rows, losses and singular values from its TensorBoard events."""
+    # The metric rows come from here too: the summary line names this folder.
+    folder = os.path.join(experiment.folder or experiment.name, TENSORBOARD_FOLDER)
+    experiment.wanted_jsonl = folder
+    experiment.jsonl = folder if os.path.isdir(folder) else None
+    if experiment.jsonl is None:
+        return experiment
+    rows = {}
+    for tag, (itrs, values) in read_events(folder, experiment.notes).items():
+        group, _, metric = tag.partition('/')
+        if group == 'train':
+            experiment.losses[metric] = itrs, values
+        elif group in ('G_svs', 'D_svs'):
+            experiment.svs.setdefault(group[0], {})[metric] = itrs, values
+        elif group == 'metrics':
+            for itr, value in zip(itrs, values):
+                rows.setdefault(itr, {'itr': itr})[metric] = value
+    experiment.rows = [rows[itr] for itr in sorted(rows)]
+    return experiment
+
+
+def load(experiment, from_tensorboard=False):
+    """Fill the experiment's rows, losses and singular values from its files (its text
+    logs, or with from_tensorboard its event files)."""
+    if from_tensorboard:
+        return load_events(experiment)
     if experiment.jsonl:
         experiment.rows = read_jsonl(experiment.jsonl, experiment.notes)
     if experiment.folder:
@@ -290,6 +341,9 @@ def parse_args(argv=None):
     parser.add_argument('--top_sv', type=int, default=20,
                         help='singular value curves per plot, largest final values first; '
                              '0 for all (default: %(default)s)')
+    parser.add_argument('--from_tensorboard', action='store_true',
+                        help='read <EXP>/tensorboard/ (train.py --tensorboard) instead of the '
+                             'text logs (default: %(default)s)')
     args = parser.parse_args(argv)
     if not 0.0 <= args.smooth < 1.0:
         parser.error(f'--smooth {args.smooth}: must lie in [0, 1)')
@@ -307,6 +361,9 @@ def main(argv=None):
             experiments.append(resolve(arg, args.logs_root))
         except FileNotFoundError as err:
             errors.append(str(err))
+    if args.from_tensorboard and importlib.util.find_spec('tensorboard') is None:
+        errors.append('--from_tensorboard: the tensorboard package is not installed; '
+                      'pip install tensorboard, or plot the text logs')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         errors.append(f'--out {args.out}: a file, not a folder; give a folder for the plots')
     if errors:
@@ -316,7 +373,7 @@ def main(argv=None):
     _unique_names(experiments)
     for exp in experiments:
         try:
-            load(exp)
+            load(exp, args.from_tensorboard)
         except OSError as err:
             print(f'error: {err.filename}: cannot read this log ({err.strerror})',
                   file=sys.stderr)
@@ -326,7 +383,9 @@ def main(argv=None):
             exp.notes.append(f'{exp.name}: no log folder {exp.name}/; losses and singular '
                              'values not plotted')
         elif not exp.losses and not exp.svs:
-            exp.notes.append(f'{exp.name}: {exp.folder} holds no <metric>.log files')
+            what = (f'{TENSORBOARD_FOLDER}/ event files (train with --tensorboard)'
+                    if args.from_tensorboard else '<metric>.log files')
+            exp.notes.append(f'{exp.name}: {exp.folder} holds no {what}')
         for note in exp.notes:
             print(f'note: {note}', file=sys.stderr)
 

@@ -147,7 +147,8 @@ def _gloo_worker(rank, world_size, port, run_port, out_dir, data_root):
                                    for kind in ('weights', 'logs', 'samples')),
         '--batch_size', '4', '--num_D_steps', '1', '--num_iters', '2', '--test_every', '1',
         '--num_inception_images', '14', '--cross_replica', '--ema', '--use_ema',
-        '--G_eval_mode', '--accumulate_stats', '--num_standing_accumulations', '2'])
+        '--G_eval_mode', '--accumulate_stats', '--num_standing_accumulations', '2',
+        '--tensorboard'])
     train.run(config, log=lambda m: None)
 
 
@@ -254,6 +255,15 @@ def test_train_run_under_two_processes_logs_metrics_once(gloo_results):
     assert all(math.isfinite(r['IS_mean']) and math.isfinite(r['FID']) for r in records)
     best = json.loads((run / 'weights' / 'exp' / 'best_copies.json').read_text())
     assert sorted(e['itr'] for e in best['best_copies']) == [1, 2]
+    # --tensorboard: one event file (rank 0's), with each metric once per test.
+    from tensorboard.backend.event_processing import event_accumulator
+    events = run / 'logs' / 'exp' / 'tensorboard'
+    assert len(os.listdir(events)) == 1
+    acc = event_accumulator.EventAccumulator(str(events))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars('metrics/IS_mean')] == [
+        (r['itr'], pytest.approx(r['IS_mean'], rel=1e-6)) for r in records]
+    assert [e.step for e in acc.Scalars('train/G_loss')] == [1, 2]
 
 
 def test_all_mean_and_agree(gloo_results):

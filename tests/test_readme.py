@@ -38,7 +38,7 @@ def test_every_flag_the_readme_names_exists():
                      if p.parent.name != 'tests' or p.name == 'make_tfhub_fixture.py')
     defined = set(re.findall(r"""['"](--[A-Za-z][\w-]*)['"]""", code))
     # Flags of other programs that the README's commands use.
-    others = {'--standalone', '--nproc_per_node', '--index-url', '--help'}
+    others = {'--standalone', '--nproc_per_node', '--index-url', '--help', '--logdir'}
     assert set(FLAG.findall(README)) - defined - others == set()
 
 

@@ -7,9 +7,19 @@ BigGAN-PyTorch's computation order swapped in (model_time.original_order) in
 the same run; the demo also with --channels_last. Ratios < 1 mean we are faster.
 
     python tests/benchmarks/step_time.py [--device cuda] [--reps 10]
+
+--tensorboard instead times the whole loop of train.run (the demo's config,
+--iters iterations, logs flushed every 2 s, one save with its sheets at the
+end) with and without --tensorboard, alternating, --reps rounds of each, and
+prints seconds per iteration and the ratio (TensorBoard's overhead):
+
+    python tests/benchmarks/step_time.py --tensorboard [--iters 200] [--reps 3]
 """
 import argparse
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_time  # noqa: E402
 
+import train  # noqa: E402
 import train_fns  # noqa: E402
 import utils  # noqa: E402
 
@@ -57,11 +68,47 @@ def build_step(argv, device, channels_last=False):
     return step
 
 
+def time_loop(iters, tensorboard):
+    """Seconds per iteration of train.run's loop: from its 'Experiment' line (models
+    built, loader ready) to its 'Finished' line, on a fresh demo run of `iters`."""
+    stamps = {}
+
+    def log(message):
+        stamps.setdefault(message.split(' ', 1)[0], time.perf_counter())
+    with tempfile.TemporaryDirectory() as root:
+        argv = (CONFIGS['demo (Digits32 ch8 bs32)'].split()
+                + ['--channels_last', '--shuffle', '--num_workers', '0', '--num_iters', str(iters),
+                   '--save_every', str(iters), '--test_every', '0', '--experiment_name',
+                   'bench', '--base_root', root] + (['--tensorboard'] if tensorboard else []))
+        train.run(utils.parse_config(utils.prepare_parser(), argv), log=log)
+    return (stamps['Finished'] - stamps['Experiment']) / iters
+
+
+def main_tensorboard(args):
+    print(f'train.run loop, demo config, {args.iters} iterations, threads '
+          f'{torch.get_num_threads()}, {args.reps} rounds of each (alternating)')
+    times = {False: [], True: []}
+    for round_ in range(args.reps):
+        for tensorboard in ((False, True) if round_ % 2 == 0 else (True, False)):
+            times[tensorboard].append(time_loop(args.iters, tensorboard))
+        print(f'round {round_ + 1}: without {times[False][-1]:.4f} s/itr, with '
+              f'{times[True][-1]:.4f} s/itr, ratio {times[True][-1] / times[False][-1]:.3f}')
+    off, on = statistics.median(times[False]), statistics.median(times[True])
+    print(f'median: without {off:.4f} s/itr, with --tensorboard {on:.4f} s/itr, '
+          f'ratio {on / off:.3f}')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--reps', type=int, default=10)
+    parser.add_argument('--tensorboard', action='store_true',
+                        help='time the training loop with and without --tensorboard')
+    parser.add_argument('--iters', type=int, default=200,
+                        help='iterations per run with --tensorboard (default: %(default)s)')
     args = parser.parse_args()
+    if args.tensorboard:
+        return main_tensorboard(args)
     print(f'device {args.device}, threads {torch.get_num_threads()}, best of {args.reps}')
     print(f"{'config':<28}{'ours s':>9}{'original s':>12}{'ratio':>7}{'channels_last s':>17}"
           f"{'ratio':>7}")
