@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import json
 import os
 
 import torch
@@ -141,6 +142,21 @@ def broadcast_buffers(module, ctx):
             dist.broadcast(buf, src=0)
 
 
+def broadcast_json(value, ctx):
+    """Rank 0's `value` (anything JSON holds) on every rank, as JSON bytes (never a pickle).
+    Rank 0 gets its own object back; the others get its JSON round trip (dict keys as
+    strings)."""
+    if not ctx.distributed:
+        return value
+    data = json.dumps(value).encode() if ctx.is_main else b''
+    size = torch.tensor([len(data)], dtype=torch.long, device=ctx.device)
+    dist.broadcast(size, src=0)
+    buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(ctx.device) if ctx.is_main
+              else torch.empty(int(size.item()), dtype=torch.uint8, device=ctx.device))
+    dist.broadcast(buffer, src=0)
+    return value if ctx.is_main else json.loads(bytes(buffer.cpu().tolist()))
+
+
 def all_mean(values, ctx):
     """{name: 0-d tensor} averaged over ranks in one all_reduce (no host sync)."""
     if not ctx.distributed or not values:
@@ -242,25 +258,32 @@ def sync_cuda_rng(state, ctx):
 # ---------------------------------------------------------------------------
 # Metrics from every rank's samples
 # ---------------------------------------------------------------------------
-def gather_inception_statistics(sample, net, num_images, num_splits, ctx, pool_dim):
-    """Run every rank's `sample()` batches through `net`; gather the features on rank 0.
+def gather_inception_outputs(sample, net, num_images, num_splits, ctx, pool_dim,
+                             keep_features=False):
+    """Run every rank's `sample()` batches through `net`; gather the outputs on rank 0.
 
-    sample() -> (images (B, 3, H, W), labels) with the same B on every rank;
+    sample() -> (images (B, 3, H, W), labels (B,) or None) with the same B on every rank;
     net(images) -> (pool (B, pool_dim), logits (B, classes)). Per round, rank 0
-    receives every rank's concatenated [pool, logits] rows (one gather of
-    B x (pool_dim + classes) floats per rank, never images) and feeds them, in
-    rank order, to a RunningMoments and an InceptionScore; the last round is cut
-    to num_images. Returns (moments, scorer) on rank 0 and (None, None) elsewhere.
+    receives every rank's concatenated [pool, logits(, label)] rows (one gather of
+    B x (pool_dim + classes (+ 1)) floats per rank, never images; a label is exact in
+    float32 below 2**24) and feeds them, in rank order, to one
+    inception_utils.InceptionOutputs (keep_features: it keeps the pool features and labels
+    too); the last round is cut to num_images. So rank 0 holds what one process running the
+    same batches in that order holds. Returns the InceptionOutputs on rank 0, None elsewhere.
     """
     import inception_utils as iu
-    moments = scorer = None
-    if ctx.is_main:
-        moments, scorer = iu.RunningMoments(), iu.InceptionScore(num_images, num_splits)
+    outputs = iu.InceptionOutputs(num_images, num_splits, keep_features=keep_features) \
+        if ctx.is_main else None
     seen = 0
     with torch.no_grad():
         while seen < num_images:
-            pool, logits = net(sample()[0].to(ctx.device, torch.float32))
-            feats = torch.cat([pool, logits], 1).float().contiguous()
+            images, labels = sample()
+            pool, logits = net(images.to(ctx.device, torch.float32))
+            columns = [pool, logits]
+            with_labels = keep_features and labels is not None
+            if with_labels:
+                columns.append(labels.to(ctx.device, torch.float32).view(-1, 1))
+            feats = torch.cat(columns, 1).float().contiguous()
             parts = None
             if ctx.is_main:
                 parts = [torch.empty_like(feats) for _ in range(ctx.world_size)]
@@ -268,34 +291,45 @@ def gather_inception_statistics(sample, net, num_images, num_splits, ctx, pool_d
             for r in range(ctx.world_size):
                 take = min(feats.shape[0], num_images - seen)
                 if ctx.is_main and take > 0:
-                    moments.update(parts[r][:take, :pool_dim])
-                    scorer.update(parts[r][:take, pool_dim:])
+                    rows = parts[r][:take]
+                    outputs.update(rows[:, :pool_dim], rows[:, pool_dim:pool_dim + logits.shape[1]],
+                                   rows[:, -1].round().long() if with_labels else None)
                 seen += take
-    return moments, scorer
+    return outputs
+
+
+def gather_inception_statistics(sample, net, num_images, num_splits, ctx, pool_dim):
+    """gather_inception_outputs' (moments, scorer) on rank 0, (None, None) elsewhere."""
+    outputs = gather_inception_outputs(sample, net, num_images, num_splits, ctx, pool_dim)
+    return (outputs.moments, outputs.scorer) if outputs is not None else (None, None)
 
 
 def prepare_inception_metrics(config, ctx, log):
     """get_inception_metrics (inception_utils' signature) for a multi-process run, or None.
 
     Every rank loads the Inception network and runs its own samples through it
-    (gather_inception_statistics); rank 0 computes IS and FID, and the three
-    numbers are broadcast, so every rank returns the same values. Whether
+    (gather_inception_outputs); rank 0 computes every metric of --test_metrics, and
+    the results are broadcast, so every rank returns the same values. Whether
     metrics are on is agreed by all ranks (inception_utils.metric_inputs decides
     on each): a rank that cannot load Inception turns them off everywhere, with
     one line. Only rank 0 reads the dataset's moments file; when it exists but is
     unusable, every rank raises InceptionMomentsInvalid.
     """
     import inception_utils as iu
-    net = data = reason = invalid = None
+    import metrics
+    net = evaluation = reason = invalid = None
     inputs = functools.partial(iu.metric_inputs, config['dataset'], config['no_fid'],
                                config['data_root'], config['inception_network'],
                                config['inception_weights'], device=ctx.device,
-                               resolution=config.get('resolution'))
+                               resolution=config.get('resolution'),
+                               test_metrics=config.get('test_metrics', 'IS,FID'),
+                               options=metrics.options_from_config(config),
+                               sampling=metrics.sampling_protocol(config))
     # Rank 0 decides first: it alone reads the moments, and the weights it finds (or
     # downloads into the hub cache) are then there for the other ranks.
     if ctx.is_main:
         try:
-            net, data = inputs()
+            net, evaluation = inputs()
         except iu.InceptionMomentsInvalid as err:
             invalid = str(err)
         except iu.METRICS_UNAVAILABLE as err:
@@ -305,35 +339,27 @@ def prepare_inception_metrics(config, ctx, log):
                                          'says why)')
     if agree(reason is None, ctx) and not ctx.is_main:
         try:
-            net, _ = inputs(moments=False)
+            net, evaluation = inputs(moments=False)
         except iu.METRICS_UNAVAILABLE as err:
             reason = str(err)
     if not agree(reason is None, ctx):
         log(f'IS/FID are off: {reason or "Inception could not be loaded on another process"}')
         return None
-    data_mu, data_sigma = data or (None, None)
 
     def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
-                              use_torch=True):
-        """(IS_mean, IS_std, FID) of num_inception_images samples from all ranks' `sample()`."""
+                              use_torch=True, as_dict=False):
+        """The metrics of num_inception_images samples from all ranks' `sample()`."""
         if prints:
             log('Gathering activations...')
-        moments, scorer = gather_inception_statistics(sample, net, num_inception_images,
-                                                      num_splits, ctx, iu.POOL_DIM)
-        result = torch.full((3,), float('nan'), dtype=torch.float64, device=ctx.device)
+        outputs = gather_inception_outputs(sample, net, num_inception_images, num_splits, ctx,
+                                           iu.POOL_DIM, keep_features=evaluation.keeps_features)
+        results = None
         if ctx.is_main:
-            IS_mean, IS_std = scorer.result()
-            FID = float('nan')
-            if not config['no_fid']:
-                if prints:
-                    log('Calculating FID...')
-                distance = (iu.torch_calculate_frechet_distance if use_torch
-                            else iu.numpy_calculate_frechet_distance)
-                FID = distance(moments.mu, moments.sigma, data_mu, data_sigma)
-            result = torch.tensor([IS_mean, IS_std, FID], dtype=torch.float64,
-                                  device=ctx.device)
-        dist.broadcast(result, src=0)
-        IS_mean, IS_std, FID = result.tolist()
-        return IS_mean, IS_std, FID
+            if prints:
+                log(f'Calculating {",".join(evaluation.names)}...')
+            results = evaluation(outputs)
+        # Every rank returns rank 0's results (a small dict of numbers and the protocol).
+        results = broadcast_json(results, ctx)
+        return results if as_dict else iu.legacy_results(results)
 
     return get_inception_metrics

@@ -18,14 +18,16 @@ Statistics are streamed: activations never accumulate in memory. ``RunningMoment
 sums for the mean and covariance; ``InceptionScore`` keeps, per split, the sum of p log p and the
 sum of p, from which each split's mean KL divergence follows exactly.
 
-Command line (IS, and FID against a reference)::
+Command line (IS, FID, KID, precision/recall, density/coverage, intra-class FID of samples
+against a reference: see metrics.py)::
 
     python inception_utils.py --samples samples.npz --reference data/I128_inception_moments_tf.npz \
-        --network tf
+        --network tf --metrics IS,FID,KID,PR,DC,iFID
 """
 import argparse
 import http.client
 import itertools
+import json
 import os
 import sys
 import urllib.error
@@ -45,6 +47,8 @@ import utils
 NETWORKS = ('torchvision', 'tf')
 INCEPTION_SIZE = 299
 POOL_DIM = 2048
+# How each network resizes its input to 299 x 299 (recorded with every metric).
+RESIZE = {'tf': 'tf1_resize_bilinear_299', 'torchvision': 'bilinear_align_corners_299'}
 
 TF_WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 TF_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
@@ -642,6 +646,83 @@ def _net_device(net):
     return next(net.parameters()).device
 
 
+class InceptionOutputs:
+    """What one pass of `num_images` images through the Inception network yields.
+
+    Always streamed: the RunningMoments of the pool features (`moments`, for FID) and the
+    InceptionScore of the logits (`scorer`). With keep_features, also the pool features
+    themselves, float32, and the labels (for KID, precision/recall, density/coverage,
+    intra-class FID), on `keep_on` (default: where they were computed). With per_class, a
+    RunningMoments per label (`class_moments`; C * D**2 * 8 bytes).
+    """
+
+    def __init__(self, num_images, num_splits=10, split_seed=None, keep_features=False,
+                 per_class=False, keep_on=None):
+        self.moments = RunningMoments()
+        self.scorer = InceptionScore(num_images, num_splits, seed=split_seed)
+        self.keep_features, self.per_class, self.keep_on = keep_features, per_class, keep_on
+        self.class_moments = {}
+        self._pool, self._labels = [], []
+        self.count = 0
+
+    def update(self, pool, logits, labels=None):
+        """pool: (B, D), logits: (B, C), labels: (B,) integer classes or None."""
+        self.moments.update(pool)
+        self.scorer.update(logits)
+        if self.keep_features:
+            self._pool.append(pool.detach().float().to(self.keep_on or pool.device))
+            self._labels.append(None if labels is None else
+                                torch.as_tensor(labels).detach().long().to(self._pool[-1].device))
+        if self.per_class:
+            if labels is None:
+                raise ValueError('per-class moments need the labels of the images')
+            labels = torch.as_tensor(labels).detach().long().to(pool.device)
+            for c in labels.unique().tolist():
+                self.class_moments.setdefault(c, RunningMoments()).update(pool[labels == c])
+        self.count += pool.shape[0]
+
+    @property
+    def pool(self):
+        """The kept pool features (N, D) float32, or None."""
+        return torch.cat(self._pool) if self.keep_features and self._pool else None
+
+    @property
+    def labels(self):
+        """The kept labels (N,) int64, or None (not kept, or a batch came without them)."""
+        if not self.keep_features or not self._labels or any(y is None for y in self._labels):
+            return None
+        return torch.cat(self._labels)
+
+    def fake(self):
+        """{'moments', 'scorer', 'pool', 'labels'}: metrics.compute_metrics' generated side."""
+        return {'moments': self.moments, 'scorer': self.scorer, 'pool': self.pool,
+                'labels': self.labels}
+
+
+def accumulate_inception_outputs(batches, net, num_images, num_splits=10, split_seed=None,
+                                 pbar=None, **keep):
+    """Run (images, labels) batches through `net` until `num_images` images were seen.
+
+    batches: iterable of (images (B, 3, H, W) in [-1, 1], labels (B,) or None); the last batch
+    is cut to fit. keep: InceptionOutputs' keep_features, per_class, keep_on.
+    Returns the InceptionOutputs. Raises ValueError when the batches run out first.
+    """
+    device = _net_device(net)
+    outputs = InceptionOutputs(num_images, num_splits, split_seed, **keep)
+    with torch.no_grad():
+        for images, labels in batches:
+            images = images[:num_images - outputs.count]
+            labels = None if labels is None else labels[:images.shape[0]]
+            outputs.update(*net(images.to(device, torch.float32)), labels)
+            if pbar is not None:
+                pbar.update(images.shape[0])
+            if outputs.count >= num_images:
+                break
+    if outputs.count < num_images:
+        raise ValueError(f'only {outputs.count} images were available, expected {num_images}')
+    return outputs
+
+
 def accumulate_inception_statistics(batches, net, num_images, num_splits=10, split_seed=None,
                                     pbar=None):
     """Run image batches through `net` until `num_images` images were seen.
@@ -650,23 +731,9 @@ def accumulate_inception_statistics(batches, net, num_images, num_splits=10, spl
     Returns (RunningMoments of pool features, InceptionScore). Raises ValueError when the
     batches run out first.
     """
-    device = _net_device(net)
-    moments, scorer = RunningMoments(), InceptionScore(num_images, num_splits, seed=split_seed)
-    seen = 0
-    with torch.no_grad():
-        for images in batches:
-            images = images[:num_images - seen]
-            pool, logits = net(images.to(device, torch.float32))
-            moments.update(pool)
-            scorer.update(logits)
-            seen += images.shape[0]
-            if pbar is not None:
-                pbar.update(images.shape[0])
-            if seen >= num_images:
-                break
-    if seen < num_images:
-        raise ValueError(f'only {seen} images were available, expected {num_images}')
-    return moments, scorer
+    outputs = accumulate_inception_outputs(((images, None) for images in batches), net,
+                                           num_images, num_splits, split_seed, pbar)
+    return outputs.moments, outputs.scorer
 
 
 def moments_filename(dataset, data_root='data', network='torchvision', resolution=None):
@@ -722,11 +789,13 @@ def load_moments(path):
     return mu, sigma
 
 
-def save_moments(path, mu, sigma):
-    """Write mu, sigma to `path` atomically (a half-written file never replaces a good one)."""
+def save_moments(path, mu, sigma, **extra):
+    """Write mu, sigma (and the `extra` arrays, e.g. features, labels, class_mu, num_images;
+    see metrics.load_reference) to `path` atomically (a half-written file never replaces a
+    good one)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with datasets.partial_output(path) as tmp, open(tmp, 'wb') as f:
-        np.savez(f, mu=mu, sigma=sigma)
+        np.savez(f, mu=mu, sigma=sigma, **extra)
 
 
 def load_dataset_moments(dataset, data_root='data', network='torchvision', resolution=None):
@@ -738,10 +807,7 @@ def load_dataset_moments(dataset, data_root='data', network='torchvision', resol
     resolution: the size of a generic dataset (--dataset folder).
     """
     path = moments_filename(dataset, data_root, network, resolution)
-    generic = dataset in datasets.DATASETS and datasets.is_generic(dataset)
-    size = f' --resolution {resolution}' if generic else ''
-    command = (f'python calculate_inception_moments.py --dataset {dataset}{size} --data_root '
-               f'{data_root} --inception_network {network}')
+    command = _moments_command(dataset, data_root, network, resolution)
     if not os.path.isfile(path):
         raise InceptionMomentsMissing(
             f'{path}: no Inception moments for FID; make them with `{command}` '
@@ -757,68 +823,112 @@ def load_dataset_moments(dataset, data_root='data', network='torchvision', resol
     return data_mu, data_sigma
 
 
+def dataset_evaluation(dataset, test_metrics='IS,FID', no_fid=False, data_root='data',
+                       network='torchvision', resolution=None, options=None, sampling=None,
+                       reference=True):
+    """The metrics.Evaluation of --test_metrics against the dataset's moments file.
+
+    no_fid drops FID. The file is read only when a metric needs it (not for IS alone), and
+    only the parts the metrics need (its real features only for KID, PR, DC, iFID); with
+    reference=False it is not read at all (ranks that only sample). Raises
+    InceptionMomentsMissing or InceptionMomentsInvalid naming the file and the command that
+    makes it, also when the file lacks what a metric needs (real features).
+    options: compute_metrics' keywords (metrics.options_from_config); sampling:
+    metrics.sampling_protocol.
+    """
+    import metrics  # metrics imports this module: imported here, when first used
+    names = [name for name in metrics.parse_metrics(test_metrics)
+             if not (no_fid and name == 'FID')]
+    ref = None
+    if reference and any(metrics.METRICS[name].reference for name in names):
+        data_mu, data_sigma = load_dataset_moments(dataset, data_root, network, resolution)
+        path = moments_filename(dataset, data_root, network, resolution)
+        extra = metrics.needs_reference_data(names)
+        try:
+            ref = metrics.load_reference(path, extra=extra)
+            metrics.check_reference(names, ref, 'make one that has them with `' +
+                                    _moments_command(dataset, data_root, network, resolution) +
+                                    ' --save_features`')
+        except metrics.ReferenceFileError as err:
+            raise InceptionMomentsInvalid(str(err)) from None
+        ref.mu, ref.sigma = data_mu, data_sigma
+    return metrics.Evaluation(names, ref, options or {}, network, sampling)
+
+
+def _moments_command(dataset, data_root, network, resolution):
+    generic = dataset in datasets.DATASETS and datasets.is_generic(dataset)
+    size = f' --resolution {resolution}' if generic else ''
+    return (f'python calculate_inception_moments.py --dataset {dataset}{size} --data_root '
+            f'{data_root} --inception_network {network}')
+
+
 def metric_inputs(dataset, no_fid=False, data_root='data', network='torchvision',
                   weights_path=None, parallel=False, device=None, moments=True,
-                  resolution=None):
-    """What IS/FID need, found before a single image is sampled: (net, (mu, sigma) or None).
+                  resolution=None, test_metrics='IS,FID', options=None, sampling=None):
+    """What the metrics need, found before a single image is sampled: (net, evaluation), the
+    evaluation a metrics.Evaluation of `test_metrics` (see dataset_evaluation).
 
     The one place that decides whether metrics can run (train.py, torchrun's
-    ranks and sample.py all ask it). moments=False (or no_fid) skips the
-    dataset's moments. Raises one of METRICS_UNAVAILABLE when the moments file
+    ranks and sample.py all ask it). moments=False (or no_fid with IS alone) skips
+    the dataset's moments. Raises one of METRICS_UNAVAILABLE when the moments file
     or the Inception weights are missing, the message naming each missing file
     and how to get it (both at once when both are missing); a weights file that
     is not the network's weights is InceptionWeightsUnavailable too. Raises
-    InceptionMomentsInvalid for a moments file that exists but is unusable.
+    InceptionMomentsInvalid for a moments file that exists but is unusable, or lacks
+    the real features a metric needs.
     resolution: the size of a generic dataset (--dataset folder), for its moments' name.
     """
-    data = None
-    if moments and not no_fid:
-        try:
-            data = load_dataset_moments(dataset, data_root, network, resolution)
-        except InceptionMomentsMissing as err:
-            if _local_weights(network, weights_path) is None:
-                # Say both at once; nothing is downloaded for metrics that cannot run.
-                weights = (_no_weights_file(network, weights_path) if weights_path else
-                           f'the {network} Inception weights are not here either: '
-                           f'{weights_help(network)}')
-                raise InceptionMomentsMissing(f'{err}. And {weights}') from None
-            raise
-    return load_inception_net(parallel, network, weights_path, device), data
+    try:
+        evaluation = dataset_evaluation(dataset, test_metrics, no_fid, data_root, network,
+                                        resolution, options, sampling, reference=moments)
+    except InceptionMomentsMissing as err:
+        if _local_weights(network, weights_path) is None:
+            # Say both at once; nothing is downloaded for metrics that cannot run.
+            weights = (_no_weights_file(network, weights_path) if weights_path else
+                       f'the {network} Inception weights are not here either: '
+                       f'{weights_help(network)}')
+            raise InceptionMomentsMissing(f'{err}. And {weights}') from None
+        raise
+    return load_inception_net(parallel, network, weights_path, device), evaluation
 
 
 def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
-                              network='torchvision', weights_path=None, resolution=None):
-    """Load the network (and, unless no_fid, the dataset's moments) and return
+                              network='torchvision', weights_path=None, resolution=None,
+                              test_metrics='IS,FID', options=None, sampling=None):
+    """Load the network (and, when a metric needs it, the dataset's moments file) and return
     ``get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
-    use_torch=True) -> (IS_mean, IS_std, FID)``.
+    use_torch=True, as_dict=False) -> (IS_mean, IS_std, FID)``, or with as_dict=True
+    {every key of `test_metrics`, 'protocol': {...}} (metrics.Evaluation).
 
     `sample()` returns (images (B, 3, H, W) in [-1, 1], labels). With no_fid, FID is NaN (it
     never counts as a best FID). Raises what metric_inputs raises, before any sampling.
     resolution: the size of a generic dataset (--dataset folder), for its moments' name.
+    options, sampling: see dataset_evaluation.
     """
-    net, data = metric_inputs(dataset, no_fid, data_root, network, weights_path, parallel,
-                              resolution=resolution)
-    data_mu, data_sigma = data or (None, None)
+    net, evaluation = metric_inputs(dataset, no_fid, data_root, network, weights_path, parallel,
+                                    resolution=resolution, test_metrics=test_metrics,
+                                    options=options, sampling=sampling)
 
     def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
-                              use_torch=True):
-        """(IS_mean, IS_std, FID) of num_inception_images samples drawn from `sample()`."""
+                              use_torch=True, as_dict=False):
+        """The metrics of num_inception_images samples drawn from `sample()`."""
         if prints:
             print('Gathering activations...')
-        batches = (sample()[0] for _ in itertools.count())
-        moments, scorer = accumulate_inception_statistics(batches, net, num_inception_images,
-                                                          num_splits)
-        IS_mean, IS_std = scorer.result()
-        if no_fid:
-            return IS_mean, IS_std, float('nan')
+        batches = (sample() for _ in itertools.count())
+        outputs = accumulate_inception_outputs(batches, net, num_inception_images, num_splits,
+                                               keep_features=evaluation.keeps_features)
         if prints:
-            print('Calculating FID...')
-        distance = (torch_calculate_frechet_distance if use_torch
-                    else numpy_calculate_frechet_distance)
-        FID = distance(moments.mu, moments.sigma, data_mu, data_sigma)
-        return IS_mean, IS_std, FID
+            print(f'Calculating {",".join(evaluation.names)}...')
+        results = evaluation(outputs)
+        return results if as_dict else legacy_results(results)
 
     return get_inception_metrics
+
+
+def legacy_results(results):
+    """(IS_mean, IS_std, FID) of a results dict, NaN for those not computed: what the
+    original's get_inception_metrics returns."""
+    return tuple(float(results.get(key, float('nan'))) for key in ('IS_mean', 'IS_std', 'FID'))
 
 
 # ---------------------------------------------------------------------------
@@ -886,16 +996,45 @@ def image_batches(path, batch_size):
     raise ValueError(f'{path}: no such file or folder')
 
 
+def sample_labels(path, count):
+    """The class labels (count,) int64 under 'y' of a samples npz (sample.py writes them), or
+    None (a folder, or an npz without them); ValueError naming the file if they do not fit."""
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if 'y' not in data.files:
+            return None
+    y = read_npz(path, ('y',), 'samples (x, y)')['y']
+    if y.shape != (count,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f'{path}: y has dtype {y.dtype} and shape {y.shape}; expected '
+                         f'integer class labels ({count},)')
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _with_labels(images, labels):
+    """(images, labels) pairs: each batch of `images` with its slice of `labels` (or None)."""
+    count, batches = images
+    start = 0
+    for batch in batches:
+        yield batch, None if labels is None else labels[start:start + len(batch)]
+        start += len(batch)
+
+
 def _cli_parser():
     parser = argparse.ArgumentParser(
-        description='Inception Score of samples, and FID against a reference (moments npz or '
-                    'image folder).')
+        description='Metrics of generated samples against a reference: IS, FID, KID, '
+                    'precision/recall (PR), density/coverage (DC), intra-class FID (iFID).')
     parser.add_argument('--samples', required=True,
-                        help="npz with uint8 images under 'x' (as sample.py writes), or a folder "
-                             'of images')
+                        help="npz with uint8 images under 'x' and optional labels under 'y' "
+                             '(as sample.py writes), or a folder of images')
     parser.add_argument('--reference', '--moments', dest='reference', default='',
-                        help='moments npz (mu, sigma) or a folder of reference images; omit for '
-                             'IS only')
+                        help='npz of reference statistics (moments mu, sigma as ours, TF TTUR, '
+                             'pytorch-fid or clean-fid write them; real features; per-class '
+                             'moments: see metrics.load_reference) or a folder of reference '
+                             'images; omit for IS only')
+    parser.add_argument('--metrics', default=None,
+                        help='comma-separated selection of IS, FID, KID, PR, DC, iFID '
+                             '(default: IS,FID with --reference, else IS)')
     parser.add_argument('--network', choices=NETWORKS, default='torchvision',
                         help='tf for numbers comparable with published IS/FID '
                              '(default: %(default)s)')
@@ -904,23 +1043,62 @@ def _cli_parser():
                                            'else download)')
     parser.add_argument('--batch_size', type=int, default=50, help='(default: %(default)s)')
     parser.add_argument('--num_splits', type=int, default=10, help='(default: %(default)s)')
+    parser.add_argument('--kid_subsets', type=int, default=100, help='(default: %(default)s)')
+    parser.add_argument('--kid_subset_size', type=int, default=1000,
+                        help='(default: %(default)s)')
+    parser.add_argument('--metrics_chunk', type=int, default=2048,
+                        help='tile size of the pairwise distances of KID, PR, DC '
+                             '(default: %(default)s)')
     parser.add_argument('--device', default=None, help='(default: cuda if available)')
     return parser
 
 
-def _statistics_of(images, net, args, label):
+def _outputs_of(images, labels, net, args, label, keep_features):
     from tqdm import tqdm
-    count, batches = images
-    with tqdm(total=count, desc=label, unit='img') as pbar:
-        return accumulate_inception_statistics(batches, net, count, args.num_splits, pbar=pbar)
+    with tqdm(total=images[0], desc=label, unit='img') as pbar:
+        # The reference's IS is not reported: any split count that fits will do.
+        splits = args.num_splits if label == 'samples' else min(args.num_splits, images[0])
+        return accumulate_inception_outputs(_with_labels(images, labels), net, images[0],
+                                            splits, pbar=pbar, keep_features=keep_features)
+
+
+def _print_results(results, args):
+    net = args.network
+    if 'IS_mean' in results:
+        print(f"Inception Score ({net}, {results['protocol']['num_generated']} samples, "
+              f"{args.num_splits} splits): {results['IS_mean']:.4f} +/- {results['IS_std']:.4f}")
+    if 'FID' in results:
+        print(f"FID ({net}): {results['FID']:.4f}")
+    if 'KID_mean' in results:
+        print(f"KID ({net}, {results['KID_subsets']} subsets of {results['KID_subset_size']}): "
+              f"{results['KID_mean']:.6f} +/- {results['KID_std']:.6f}")
+    for key in ('precision', 'recall', 'density', 'coverage'):
+        if key in results:
+            k = 3 if key in ('precision', 'recall') else 5
+            print(f'{key} ({net}, k={k}): {results[key]:.4f}')
+    if 'iFID' in results:
+        print(f"iFID ({net}, {len(results['iFID_per_class'])} classes): {results['iFID']:.4f}")
+    print(f"protocol: {json.dumps(results['protocol'])}")
 
 
 def main(argv=None):
-    """`python inception_utils.py --samples X --reference Y --network tf`: prints IS and FID."""
+    """`python inception_utils.py --samples X --reference Y --metrics IS,FID,KID --network tf`:
+    prints each metric on its own line, then the protocol (JSON) they were computed with."""
+    import metrics  # metrics imports this module: imported here, when first used
     parser = _cli_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.num_splits < 1:
-        parser.error('--batch_size and --num_splits must be at least 1')
+    for flag in ('batch_size', 'num_splits', 'kid_subsets', 'metrics_chunk'):
+        if getattr(args, flag) < 1:
+            parser.error(f'--{flag} {getattr(args, flag)}: must be at least 1')
+    if args.kid_subset_size < 2:
+        parser.error(f'--kid_subset_size {args.kid_subset_size}: must be at least 2')
+    try:
+        names = metrics.parse_metrics(args.metrics or ('IS,FID' if args.reference else 'IS'))
+    except ValueError:
+        parser.error(f'--metrics {args.metrics}: use a comma-separated selection of '
+                     f'{",".join(metrics.METRICS)}')
+    if not args.reference and any(metrics.METRICS[name].reference for name in names):
+        parser.error(f'--metrics {",".join(names)}: all but IS need --reference')
     for flag, path in (('--samples', args.samples), ('--reference', args.reference)):
         if path and not os.path.exists(path):
             problem = datasets.path_problem(path) or 'not found'
@@ -936,27 +1114,36 @@ def main(argv=None):
         warnings.warn(f'{args.reference}: moments files are named per network '
                       f"('_tf' for tf); check it was computed with --network {args.network}",
                       stacklevel=1)
+    options = {'kid_subsets': args.kid_subsets, 'kid_subset_size': args.kid_subset_size,
+               'chunk_size': args.metrics_chunk}
     try:
         # The inputs are read (npz) or listed (folders) before the network loads.
-        reference = load_moments(args.reference) if reference_is_file else None
+        reference = None
+        if reference_is_file:
+            reference = metrics.load_reference(args.reference,
+                                               extra=metrics.needs_reference_data(names))
+            metrics.check_reference(names, reference,
+                                    'compute the real features with `python '
+                                    'calculate_inception_moments.py ... --save_features`, or '
+                                    'give a folder of real images')
         samples = image_batches(args.samples, args.batch_size)
+        labels = sample_labels(args.samples, samples[0])
         reference_images = (image_batches(args.reference, args.batch_size)
-                             if args.reference and reference is None else None)
+                            if args.reference and reference is None else None)
         net = load_inception_net(network=args.network, weights_path=args.weights_path,
                                  device=args.device)
-        moments, scorer = _statistics_of(samples, net, args, 'samples')
-        IS_mean, IS_std = scorer.result()
-        print(f'Inception Score ({args.network}, {scorer.num_images} samples, '
-              f'{args.num_splits} splits): {IS_mean:.4f} +/- {IS_std:.4f}')
-        if args.reference:
-            if reference is None:
-                ref_moments, _ = _statistics_of(reference_images, net, args, 'reference')
-                reference = ref_moments.mu, ref_moments.sigma
-            FID = torch_calculate_frechet_distance(moments.mu, moments.sigma, *reference)
-            print(f'FID ({args.network}): {FID:.4f}')
+        outputs = _outputs_of(samples, labels, net, args, 'samples',
+                              metrics.keeps_features(names))
+        if reference_images is not None:
+            extra = metrics.needs_reference_data(names)
+            real = _outputs_of(reference_images, None, net, args, 'reference', extra)
+            reference = metrics.Reference(args.reference, real.moments.mu, real.moments.sigma,
+                                          features=real.pool, num_images=real.count)
+        results = metrics.Evaluation(names, reference, options, args.network)(outputs)
     except (InceptionWeightsUnavailable, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    _print_results(results, args)
     return 0
 
 

@@ -28,6 +28,7 @@ IS and FID are inception_utils' own; METRICS references them beside the ones her
 inputs each needs, the keys it returns and which direction is better, and `compute_metrics`
 computes any of them from one set of features.
 """
+import hashlib
 import os
 import warnings
 import zipfile
@@ -376,6 +377,8 @@ class Reference:
     mu (D,), sigma (D, D): the moments, for FID. features (N, D) and labels (N,): real features,
     for KID, precision/recall, density/coverage and (with labels) intra-class FID.
     class_moments {class: (mu (D,), sigma (D, D))}: per-class moments, for intra-class FID.
+    num_images, split, network: how the statistics were made, when the file says so
+    (calculate_inception_moments writes them; other tools' files do not).
     """
     path: str
     mu: np.ndarray | None = None
@@ -383,6 +386,22 @@ class Reference:
     features: np.ndarray | None = None
     labels: np.ndarray | None = None
     class_moments: dict | None = field(default=None, repr=False)
+    num_images: int | None = None
+    split: str | None = None
+    network: str | None = None
+
+    @property
+    def sha256(self):
+        """sha256 of the file (hex), computed once per file version (file_hash caches it)."""
+        return file_hash(self.path) if os.path.isfile(self.path) else None
+
+    @property
+    def num_real(self):
+        """How many real images the statistics come from: as the file says, else the number of
+        real features, else None (unknown: moments files of other tools do not say)."""
+        if self.num_images is not None:
+            return self.num_images
+        return None if self.features is None else len(self.features)
 
     @property
     def dim(self):
@@ -401,6 +420,23 @@ class Reference:
         return _moments(self.features)
 
 
+_HASHES = {}
+
+
+def file_hash(path):
+    """sha256 (hex) of the file at `path`, read once per (path, size, mtime): a run that
+    records the hash of its reference with every result hashes it once."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
 def _read_array(data, key, path, ndim, shape=None):
     value = data[key]
     if value.ndim != ndim or (shape is not None and value.shape != shape):
@@ -409,7 +445,7 @@ def _read_array(data, key, path, ndim, shape=None):
     return value
 
 
-def load_reference(path):
+def load_reference(path, extra=True):
     """Read real-data statistics from an npz and return a Reference.
 
     Recognised keys (any combination, all of one feature dimension D):
@@ -419,7 +455,10 @@ def load_reference(path):
       class_mu (C, D), class_sigma (C, D, D), with optional classes (C,) int (default
         0..C-1): per-class moments (C * D**2 * 8 bytes: 335 MB for 10 classes at D = 2048;
         for many classes keep labelled features instead).
+      num_images (), split (), network (): how they were made (0-d; what
+        calculate_inception_moments writes beside them, for the protocol).
     Files written with these keys keep mu and sigma readable by those tools.
+    extra=False reads the moments and those notes only (for IS and FID: not the features).
     Raises ReferenceFileError, naming the file, for anything else.
     """
     if not os.path.isfile(path):
@@ -435,7 +474,7 @@ def load_reference(path):
                                  'class_sigma)')
     with data:
         try:
-            return _read_reference(data, path)
+            return _read_reference(data, path, extra)
         except ReferenceFileError:
             raise
         except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # pickles, bad zip
@@ -443,10 +482,12 @@ def load_reference(path):
                                      f'statistics ({err})') from None
 
 
-def _read_reference(data, path):
+def _read_reference(data, path, extra=True):
     """The Reference in the open npz `data` (see load_reference)."""
     reference = Reference(path)
     keys = set(data.files)
+    if not extra and keys & {'mu', 'sigma'}:
+        keys -= {'features', 'labels', 'class_mu', 'class_sigma', 'classes'}
     if keys & {'mu', 'sigma'}:
         try:
             reference.mu, reference.sigma = inception_utils.load_moments(path)
@@ -475,6 +516,11 @@ def _read_reference(data, path):
         reference.class_moments = {
             int(c): (mu, sigma.astype(np.float64))
             for c, mu, sigma in zip(classes, class_mu, class_sigma)}
+    if 'num_images' in keys:
+        reference.num_images = int(_read_array(data, 'num_images', path, 0))
+    for key in ('split', 'network'):
+        if key in keys:
+            setattr(reference, key, str(_read_array(data, key, path, 0)))
     if reference.mu is None and reference.features is None and reference.class_moments is None:
         raise ReferenceFileError(f'{path}: holds {", ".join(sorted(keys)) or "nothing"}; a '
                                  'reference needs mu and sigma (moments: ours, TF TTUR, '
@@ -492,16 +538,20 @@ def _read_reference(data, path):
 # The table of metrics
 # ---------------------------------------------------------------------------
 def _inception_score(fake, reference, options):
-    logits = fake['logits']
-    scorer = inception_utils.InceptionScore(len(logits), options.get('num_splits', 10))
-    scorer.update(logits)
+    scorer = fake.get('scorer')
+    if scorer is None:
+        logits = fake['logits']
+        scorer = inception_utils.InceptionScore(len(logits), options.get('num_splits', 10))
+        scorer.update(logits)
     IS_mean, IS_std = scorer.result()
     return {'IS_mean': IS_mean, 'IS_std': IS_std}
 
 
 def _fid(fake, reference, options):
+    moments = fake.get('moments')
+    mu, sigma = (moments.mu, moments.sigma) if moments is not None else _moments(fake['pool'])
     return {'FID': inception_utils.numpy_calculate_frechet_distance(
-        *_moments(fake['pool']), *reference.moments())}
+        mu, sigma, *reference.moments())}
 
 
 def _kid(fake, reference, options):
@@ -528,22 +578,27 @@ class Metric:
     """One row of METRICS.
 
     compute(fake, reference, options) -> dict: fake is a dict of the generated 'pool' (M, D)
-    features, 'logits' (M, C) and 'labels' (M,); reference a Reference; options a dict of
-    settings (num_splits, kid_subsets, kid_subset_size, kid_seed, pr_k, dc_k, chunk_size,
-    dtype).
-    needs: the keys of fake it reads. reference: alternative sets of Reference fields it can
-    work from (any one suffices; empty: none needed). keys: returned key -> 'higher' or 'lower'
-    (which is better, for --which_best) or None (not a ranking: a spread or a setting).
+    features, 'logits' (M, C) and 'labels' (M,), or of what streams them: 'moments' (an
+    inception_utils.RunningMoments of the pool features) and 'scorer' (an InceptionScore fed
+    the logits); reference a Reference; options a dict of settings (num_splits, kid_subsets,
+    kid_subset_size, kid_seed, pr_k, dc_k, chunk_size, dtype).
+    needs: the keys of fake it reads. streamed: {need: the streamed key that can stand in for
+    it}. reference: alternative sets of Reference fields it can work from (any one suffices;
+    empty: none needed). keys: returned key -> 'higher' or 'lower' (which is better, for
+    --which_best) or None (not a ranking: a spread or a setting).
     """
     compute: Callable
     needs: tuple
     reference: tuple
     keys: dict
+    streamed: dict = field(default_factory=dict)
 
 
 METRICS = {
-    'IS': Metric(_inception_score, ('logits',), (), {'IS_mean': 'higher', 'IS_std': None}),
-    'FID': Metric(_fid, ('pool',), (('mu', 'sigma'), ('features',)), {'FID': 'lower'}),
+    'IS': Metric(_inception_score, ('logits',), (), {'IS_mean': 'higher', 'IS_std': None},
+                 {'logits': 'scorer'}),
+    'FID': Metric(_fid, ('pool',), (('mu', 'sigma'), ('features',)), {'FID': 'lower'},
+                  {'pool': 'moments'}),
     'KID': Metric(_kid, ('pool',), (('features',),),
                   {'KID_mean': 'lower', 'KID_std': None, 'KID_subset_size': None,
                    'KID_subsets': None}),
@@ -623,10 +678,145 @@ def compute_metrics(names, fake, reference=None, **options):
     results, done = {}, {}
     for name in names:
         metric = METRICS[name]
-        missing = [part for part in metric.needs if fake.get(part) is None]
+        missing = [part for part in metric.needs if fake.get(part) is None
+                   and fake.get(metric.streamed.get(part)) is None]
         if missing:
             raise ValueError(f'{name} needs the generated {" and ".join(missing)}')
         if metric.compute not in done:
             done[metric.compute] = metric.compute(fake, reference, options)
         results.update({key: done[metric.compute][key] for key in metric.keys})
     return results
+
+
+# ---------------------------------------------------------------------------
+# One evaluation: the metrics of one pass of generated outputs, with their protocol
+# ---------------------------------------------------------------------------
+def keeps_features(names):
+    """Whether the metrics `names` need the generated pool features and labels themselves
+    (KID, PR, DC, iFID), not only the streamed moments and Inception Score (IS, FID)."""
+    return any(part not in METRICS[name].streamed
+               for name in parse_metrics(names) for part in METRICS[name].needs)
+
+
+def needs_reference_data(names):
+    """Whether the metrics `names` need more of the reference than its moments mu, sigma."""
+    return any(METRICS[name].reference and ('mu', 'sigma') not in METRICS[name].reference
+               for name in parse_metrics(names))
+
+
+def check_reference(names, reference, remedy=''):
+    """check_metrics, with `remedy` (how to make a file that has what is missing) appended to
+    the message; raises ReferenceFileError naming the metric and the file."""
+    try:
+        return check_metrics(names, reference)
+    except ValueError as err:
+        raise ReferenceFileError(f'{err}{"; " + remedy if remedy else ""}') from None
+
+
+def options_from_config(config):
+    """The metric options (compute_metrics' keywords) of the flags --kid_subsets,
+    --kid_subset_size and --metrics_chunk (their defaults where a config lacks them)."""
+    return {'kid_subsets': config.get('kid_subsets', KID_SUBSETS),
+            'kid_subset_size': config.get('kid_subset_size', KID_SUBSET_SIZE),
+            'chunk_size': config.get('metrics_chunk', CHUNK_SIZE)}
+
+
+def sampling_protocol(config, use_ema=None):
+    """How the generated images were drawn, from train.py's or sample.py's config: truncation
+    (0: none), z_var, use_ema (by default --ema and --use_ema, as training samples) and
+    G_eval_mode."""
+    if use_ema is None:
+        use_ema = config.get('ema') and config.get('use_ema')
+    return {'truncation': config.get('truncation', 0.0), 'z_var': config.get('z_var', 1.0),
+            'use_ema': bool(use_ema), 'G_eval_mode': bool(config.get('G_eval_mode'))}
+
+
+@dataclass
+class Evaluation:
+    """The metrics `names` against `reference`, with `options` (compute_metrics' keywords),
+    and the protocol that goes with every number they produce.
+
+    Called on one pass of generated outputs (a dict as compute_metrics takes, or an object
+    with .fake() -> such a dict and .count), it returns {metric key: value, ...,
+    'protocol': {...}}. The protocol: metrics, network and its resize, num_generated,
+    num_real (None where the reference file does not say), reference (the file) and
+    reference_sha256, split, the sampling settings given (truncation, use_ema, G_eval_mode,
+    ...) and, with KID, kid_subsets and kid_subset_size (the size asked; KID_subset_size
+    in the results is the size used).
+    """
+    names: list
+    reference: Reference | None = None
+    options: dict = field(default_factory=dict)
+    network: str | None = None
+    sampling: dict | None = None
+
+    def __post_init__(self):
+        self.names = check_metrics(self.names, self.reference)
+        self._protocol = None
+
+    @property
+    def keeps_features(self):
+        """Whether the pass must keep the pool features and labels (see keeps_features)."""
+        return keeps_features(self.names)
+
+    def protocol(self, num_generated):
+        """The protocol of a result computed from `num_generated` generated images."""
+        if self._protocol is None:  # the reference is hashed once
+            reference = self.reference
+            self._protocol = {
+                'metrics': ','.join(self.names), 'network': self.network,
+                'resize': inception_utils.RESIZE.get(self.network),
+                'num_real': reference.num_real if reference is not None else None,
+                'reference': reference.path if reference is not None else None,
+                'reference_sha256': reference.sha256 if reference is not None else None,
+                'split': reference.split if reference is not None else None,
+                **(self.sampling or {})}
+            if 'KID' in self.names:
+                self._protocol.update(
+                    kid_subsets=self.options.get('kid_subsets', KID_SUBSETS),
+                    kid_subset_size=self.options.get('kid_subset_size', KID_SUBSET_SIZE))
+        return {**self._protocol, 'num_generated': int(num_generated)}
+
+    def __call__(self, outputs):
+        fake = outputs if isinstance(outputs, Mapping) else outputs.fake()
+        count = outputs.count if hasattr(outputs, 'count') else len(
+            next(fake[key] for key in ('pool', 'logits') if fake.get(key) is not None))
+        results = compute_metrics(self.names, fake, self.reference, **self.options)
+        results['protocol'] = self.protocol(count)
+        return results
+
+
+def protocol_line(protocol):
+    """One line for people: 'tf Inception (tf1_bilinear_299), 50000 generated vs 50000 real
+    (train split) of data/I128_inception_moments_tf.npz sha256 0123abcd..., truncation none,
+    EMA G in eval mode, KID 100 subsets of 1000'."""
+    parts = [f"{protocol.get('network')} Inception ({protocol.get('resize')})",
+             f"{protocol['num_generated']} generated vs {protocol.get('num_real') or 'unknown'}"
+             ' real']
+    if protocol.get('reference'):
+        parts[-1] += (f" ({protocol.get('split') or 'unknown'} split) of "
+                      f"{protocol['reference']} sha256 {protocol['reference_sha256'][:16]}")
+    if 'truncation' in protocol:
+        parts.append(f"truncation {protocol['truncation'] or 'none'}, z_var {protocol['z_var']}")
+        parts.append(f"{'EMA' if protocol['use_ema'] else 'non-EMA'} G in "
+                     f"{'eval' if protocol['G_eval_mode'] else 'training'} mode")
+    if 'kid_subsets' in protocol:
+        parts.append(f"KID {protocol['kid_subsets']} subsets of {protocol['kid_subset_size']}")
+    return ', '.join(parts)
+
+
+_FORMATS = {'IS_mean': 'IS {:.4f}', 'IS_std': '+/- {:.4f}', 'FID': 'FID {:.4f}',
+            'KID_mean': 'KID {:.6f}', 'KID_std': '+/- {:.6f}', 'precision': 'precision {:.4f}',
+            'recall': 'recall {:.4f}', 'density': 'density {:.4f}',
+            'coverage': 'coverage {:.4f}', 'iFID': 'iFID {:.4f}'}
+
+
+def results_line(results):
+    """'IS 12.3456 +/- 0.1234, FID 23.4567, KID 0.012345 +/- 0.000456, ...' of the keys
+    present (per-class values, settings and the protocol left out)."""
+    line = ''
+    for key, form in _FORMATS.items():
+        if key in results:
+            text = form.format(results[key])
+            line += (' ' if key.endswith('_std') else ', ' if line else '') + text
+    return line

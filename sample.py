@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm, trange
 
+import metrics
 import train_fns
 import utils
 
@@ -137,24 +138,30 @@ def prepare_metrics(config):
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'],
             network=config['inception_network'],
-            weights_path=config['inception_weights'], resolution=config['resolution'])
+            weights_path=config['inception_weights'], resolution=config['resolution'],
+            test_metrics=config['test_metrics'], options=metrics.options_from_config(config),
+            sampling=metrics.sampling_protocol(config, use_ema=config['use_ema']))
     except (*iu.METRICS_UNAVAILABLE, iu.InceptionMomentsInvalid) as err:
         flag = ('--sample_inception_metrics' if config['sample_inception_metrics']
                 else '--sample_trunc_curves')
-        utils.fail(f'{flag}: IS/FID cannot be computed: {err}')
+        names = config['test_metrics'].replace(',', '/')
+        utils.fail(f'{flag}: {names} cannot be computed: {err}')
 
 
 def _metrics(config, G, z_, y_, sample, get_inception_metrics, state_dict, G_batch_size, log):
     results = {}
 
     def measure(label):
-        IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
-                                                     num_splits=10, prints=False)
+        result = get_inception_metrics(sample, config['num_inception_images'], num_splits=10,
+                                       prints=False, as_dict=True)
+        # The latent distribution of this point (a truncation curve varies it).
+        result['protocol'].update(z_var=float(z_.var), truncation=float(z_.truncation))
         mode = 'eval' if config['G_eval_mode'] else 'training'
         log(f"{'EMA' if config['use_ema'] else 'non-EMA'} G in {mode} mode, {label}, "
             f"{config['num_inception_images']} images, batch {G_batch_size}, itr "
-            f"{state_dict['itr']}: IS {IS_mean:3.3f} +/- {IS_std:3.3f}, FID {FID:5.4f}")
-        return {'IS_mean': IS_mean, 'IS_std': IS_std, 'FID': FID}
+            f"{state_dict['itr']}: {metrics.results_line(result)} "
+            f"[{metrics.protocol_line(result['protocol'])}]")
+        return {'IS_mean': float('nan'), 'IS_std': float('nan'), 'FID': float('nan'), **result}
 
     if config['sample_inception_metrics']:
         results['metrics'] = measure(f"z std {config['z_var']}, truncation "

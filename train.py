@@ -19,6 +19,7 @@ from tqdm import tqdm
 import datasets
 import distributed
 import inception_utils
+import metrics
 import sync_batchnorm
 import train_fns
 import utils
@@ -35,7 +36,9 @@ def prepare_inception(config, log, ctx=None):
         return inception_utils.prepare_inception_metrics(
             config['dataset'], config['parallel'], config['no_fid'],
             data_root=config['data_root'], network=config['inception_network'],
-            weights_path=config['inception_weights'], resolution=config['resolution'])
+            weights_path=config['inception_weights'], resolution=config['resolution'],
+            test_metrics=config['test_metrics'], options=metrics.options_from_config(config),
+            sampling=metrics.sampling_protocol(config))
     except inception_utils.METRICS_UNAVAILABLE as err:
         log(f'IS/FID are off: {err}')
     except inception_utils.InceptionMomentsInvalid as err:
