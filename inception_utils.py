@@ -671,8 +671,9 @@ class InceptionOutputs:
         self.scorer.update(logits)
         if self.keep_features:
             self._pool.append(pool.detach().float().to(self.keep_on or pool.device))
-            self._labels.append(None if labels is None else
-                                torch.as_tensor(labels).detach().long().to(self._pool[-1].device))
+            # A copy: a sampler may redraw its label buffer in place for the next batch.
+            self._labels.append(None if labels is None else torch.as_tensor(labels).detach().to(
+                self._pool[-1].device, torch.long, copy=True))
         if self.per_class:
             if labels is None:
                 raise ValueError('per-class moments need the labels of the images')
@@ -852,7 +853,9 @@ def dataset_evaluation(dataset, test_metrics='IS,FID', no_fid=False, data_root='
         except metrics.ReferenceFileError as err:
             raise InceptionMomentsInvalid(str(err)) from None
         ref.mu, ref.sigma = data_mu, data_sigma
-    return metrics.Evaluation(names, ref, options or {}, network, sampling)
+    # Not strict: a metric that cannot be computed from one pass (a class drawn once, for
+    # iFID) is NaN with a warning, not the end of a training run.
+    return metrics.Evaluation(names, ref, options or {}, network, sampling, strict=False)
 
 
 def _moments_command(dataset, data_root, network, resolution):
@@ -1053,11 +1056,11 @@ def _cli_parser():
     return parser
 
 
-def _outputs_of(images, labels, net, args, label, keep_features):
+def _outputs_of(images, labels, net, args, label, keep_features, report_IS):
     from tqdm import tqdm
     with tqdm(total=images[0], desc=label, unit='img') as pbar:
-        # The reference's IS is not reported: any split count that fits will do.
-        splits = args.num_splits if label == 'samples' else min(args.num_splits, images[0])
+        # An IS that is not reported (the reference's, or not asked): any split count that fits.
+        splits = args.num_splits if report_IS else min(args.num_splits, images[0])
         return accumulate_inception_outputs(_with_labels(images, labels), net, images[0],
                                             splits, pbar=pbar, keep_features=keep_features)
 
@@ -1130,13 +1133,20 @@ def main(argv=None):
         labels = sample_labels(args.samples, samples[0])
         reference_images = (image_batches(args.reference, args.batch_size)
                             if args.reference and reference is None else None)
+        if 'iFID' in names and labels is None:
+            raise ValueError(f"{args.samples}: iFID needs the class of each sample, as "
+                             "labels under 'y' of an npz (sample.py writes them)")
+        if 'iFID' in names and reference_images is not None:
+            raise ValueError(f'{args.reference}: a folder of images has no class labels; '
+                             'iFID needs a reference npz with features and labels (or '
+                             'class_mu and class_sigma)')
         net = load_inception_net(network=args.network, weights_path=args.weights_path,
                                  device=args.device)
         outputs = _outputs_of(samples, labels, net, args, 'samples',
-                              metrics.keeps_features(names))
+                              metrics.keeps_features(names), 'IS' in names)
         if reference_images is not None:
             extra = metrics.needs_reference_data(names)
-            real = _outputs_of(reference_images, None, net, args, 'reference', extra)
+            real = _outputs_of(reference_images, None, net, args, 'reference', extra, False)
             reference = metrics.Reference(args.reference, real.moments.mu, real.moments.sigma,
                                           features=real.pool, num_images=real.count)
         results = metrics.Evaluation(names, reference, options, args.network)(outputs)

@@ -665,10 +665,14 @@ def ranking(which_best):
     return rankings[which_best]
 
 
-def compute_metrics(names, fake, reference=None, **options):
+def compute_metrics(names, fake, reference=None, strict=True, **options):
     """Compute the metrics `names` ('IS,FID,...' or a list) of generated outputs `fake` (a dict of
     'pool' (M, D), 'logits' (M, C), 'labels' (M,), as each metric needs) against `reference` (a
-    Reference). Options as Metric describes. Returns one flat dict of the metrics' keys."""
+    Reference). Options as Metric describes. Returns one flat dict of the metrics' keys.
+
+    strict=False (a training run, which must not die hours in for one number): a metric whose
+    inputs do not allow it (ValueError: e.g. a class with a single generated sample for iFID)
+    warns why and returns NaN for each of its keys instead of raising."""
     names = check_metrics(names, reference)
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -683,7 +687,15 @@ def compute_metrics(names, fake, reference=None, **options):
         if missing:
             raise ValueError(f'{name} needs the generated {" and ".join(missing)}')
         if metric.compute not in done:
-            done[metric.compute] = metric.compute(fake, reference, options)
+            try:
+                done[metric.compute] = metric.compute(fake, reference, options)
+            except ValueError as err:
+                if strict:
+                    raise
+                warnings.warn(f'{name} is not computed (NaN) this time: {err}', stacklevel=2)
+                done[metric.compute] = {key: float('nan') for metric_ in METRICS.values()
+                                        if metric_.compute is metric.compute
+                                        for key in metric_.keys}
         results.update({key: done[metric.compute][key] for key in metric.keys})
     return results
 
@@ -742,13 +754,14 @@ class Evaluation:
     num_real (None where the reference file does not say), reference (the file) and
     reference_sha256, split, the sampling settings given (truncation, use_ema, G_eval_mode,
     ...) and, with KID, kid_subsets and kid_subset_size (the size asked; KID_subset_size
-    in the results is the size used).
+    in the results is the size used). strict: see compute_metrics.
     """
     names: list
     reference: Reference | None = None
     options: dict = field(default_factory=dict)
     network: str | None = None
     sampling: dict | None = None
+    strict: bool = True
 
     def __post_init__(self):
         self.names = check_metrics(self.names, self.reference)
@@ -781,7 +794,7 @@ class Evaluation:
         fake = outputs if isinstance(outputs, Mapping) else outputs.fake()
         count = outputs.count if hasattr(outputs, 'count') else len(
             next(fake[key] for key in ('pool', 'logits') if fake.get(key) is not None))
-        results = compute_metrics(self.names, fake, self.reference, **self.options)
+        results = compute_metrics(self.names, fake, self.reference, self.strict, **self.options)
         results['protocol'] = self.protocol(count)
         return results
 
