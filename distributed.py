@@ -291,8 +291,10 @@ def gather_inception_outputs(sample, net, num_images, num_splits, ctx, pool_dim,
             for r in range(ctx.world_size):
                 take = min(feats.shape[0], num_images - seen)
                 if ctx.is_main and take > 0:
+                    # Contiguous, as one process's outputs: the same sums to the last bit.
                     rows = parts[r][:take]
-                    outputs.update(rows[:, :pool_dim], rows[:, pool_dim:pool_dim + logits.shape[1]],
+                    outputs.update(rows[:, :pool_dim].contiguous(),
+                                   rows[:, pool_dim:pool_dim + logits.shape[1]].contiguous(),
                                    rows[:, -1].round().long() if with_labels else None)
                 seen += take
     return outputs

@@ -704,19 +704,21 @@ def accumulate_inception_outputs(batches, net, num_images, num_splits=10, split_
                                  pbar=None, **keep):
     """Run (images, labels) batches through `net` until `num_images` images were seen.
 
-    batches: iterable of (images (B, 3, H, W) in [-1, 1], labels (B,) or None); the last batch
-    is cut to fit. keep: InceptionOutputs' keep_features, per_class, keep_on.
+    batches: iterable of (images (B, 3, H, W) in [-1, 1], labels (B,) or None); the outputs
+    of the last batch are cut to fit (the whole batch goes through the network, as each
+    rank's does under torchrun, so the features are those of 1 and N processes to the bit).
+    keep: InceptionOutputs' keep_features, per_class, keep_on.
     Returns the InceptionOutputs. Raises ValueError when the batches run out first.
     """
     device = _net_device(net)
     outputs = InceptionOutputs(num_images, num_splits, split_seed, **keep)
     with torch.no_grad():
         for images, labels in batches:
-            images = images[:num_images - outputs.count]
-            labels = None if labels is None else labels[:images.shape[0]]
-            outputs.update(*net(images.to(device, torch.float32)), labels)
+            take = min(images.shape[0], num_images - outputs.count)
+            pool, logits = net(images.to(device, torch.float32))
+            outputs.update(pool[:take], logits[:take], None if labels is None else labels[:take])
             if pbar is not None:
-                pbar.update(images.shape[0])
+                pbar.update(take)
             if outputs.count >= num_images:
                 break
     if outputs.count < num_images:
