@@ -7,8 +7,8 @@ from the experiment's saved config unless typed (utils.with_saved_flags). It
 writes what the flags ask for into its own folder samples/<experiment>/sample_<N>/
 (N: --sample_sheet_folder_num, else the checkpoint's iteration), never into
 training's samples/<experiment>/<itr>/: an npz of samples, class-conditional and
-interpolation sheets, a random sheet; and prints IS/FID, and IS/FID across
-truncations.
+interpolation sheets, a random sheet; and prints the --test_metrics (IS/FID by
+default), also across truncations, each line with the protocol of its numbers.
 """
 import functools
 import os
