@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime
 import itertools
+import json
 import os
 
 import torch
@@ -152,6 +153,21 @@ def broadcast_buffers(module, ctx):
             dist.broadcast(buf, src=0)
 
 
+def broadcast_json(value, ctx):
+    """Rank 0's `value` (anything JSON holds) on every rank, as JSON bytes (never a pickle).
+    Rank 0 gets its own object back; the others get its JSON round trip (dict keys as
+    strings)."""
+    if not ctx.distributed:
+        return value
+    data = json.dumps(value).encode() if ctx.is_main else b''
+    size = torch.tensor([len(data)], dtype=torch.long, device=ctx.device)
+    dist.broadcast(size, src=0)
+    buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(ctx.device) if ctx.is_main
+              else torch.empty(int(size.item()), dtype=torch.uint8, device=ctx.device))
+    dist.broadcast(buffer, src=0)
+    return value if ctx.is_main else json.loads(bytes(buffer.cpu().tolist()))
+
+
 def all_mean(values, ctx):
     """{name: 0-d tensor} averaged over ranks in one all_reduce (no host sync)."""
     if not ctx.distributed or not values:
@@ -248,8 +264,9 @@ class FeatureGather(iu.OneProcess):
     """inception_utils' gather hook for this process's place in the run (ctx).
 
     Per round, rank 0 receives every rank's concatenated [pool, logits, labels] rows
-    (one gather of B x (pool + logits + 1) floats per rank, never images) and splits
-    them again, in rank order; the results are broadcast from rank 0. A single
+    (one gather of B x (pool + logits + 1) floats per rank, never images; a label is
+    exact in float32 below 2**24) and splits them again, in rank order; the results (a
+    small dict of numbers and the protocol) are broadcast from rank 0 as JSON. A single
     process (world_size 1) gathers nothing.
     """
 
@@ -279,17 +296,14 @@ class FeatureGather(iu.OneProcess):
         widths = [pool.shape[1], logits.shape[1]] + ([1] if labels is not None else [])
         out = []
         for part in parts:
-            split = torch.split(part, widths, 1)
+            # Contiguous, as one process's outputs: the same sums to the last bit.
+            split = [t.contiguous() for t in torch.split(part, widths, 1)]
             out.append((split[0], split[1],
-                        split[2].view(-1).long() if labels is not None else None))
+                        split[2].view(-1).round().long() if labels is not None else None))
         return out
 
     def share(self, values):
-        if not self.ctx.distributed:
-            return values
-        result = torch.tensor(values, dtype=torch.float64, device=self.ctx.device)
-        dist.broadcast(result, src=0)
-        return result.tolist()
+        return broadcast_json(values, self.ctx)
 
 
 def gather_inception_statistics(sample, net, num_images, num_splits, ctx, pool_dim=None):

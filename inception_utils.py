@@ -1,4 +1,4 @@
-"""Inception Score and FID: the Inception networks, exact Frechet distance, streaming statistics.
+"""The Inception networks, and the one pass of images through them that every metric reads.
 
 Two networks map images in [-1, 1], (N, 3, H, W), to (pool (N, 2048), logits):
 
@@ -9,32 +9,31 @@ Two networks map images in [-1, 1], (N, 3, H, W), to (pool (N, 2048), logits):
   resize reproduces TF1 ``resize_bilinear`` and its logits omit the fc bias, as the TF IS code
   computes them, so its IS/FID are comparable with published numbers.
 
-The Frechet distance is exact in float64: trace(sqrt(S1 S2)) is the sum of the square roots of
-the eigenvalues of L^T S2 L, with S1 = L L^T (one generalised symmetric eigenproblem), instead of
-a general matrix square root (scipy's sqrtm, over 10x slower) or a fixed number of Newton-Schulz
-iterations (the original's fast path, which can return NaN or a biased trace in float32).
+``feature_pass`` runs generated or real images through a network once, on 1 or N processes
+(the gather hook: ``OneProcess``, or distributed.FeatureGather), and feeds its sinks;
+``InceptionOutputs`` is the sink that keeps what --test_metrics need. ``prepare_inception_metrics``
+(with ``metrics_for_config``, the one place that turns missing inputs off) gives train.py,
+sample.py and torchrun the one ``get_inception_metrics``. The statistics and every metric
+(RunningMoments, InceptionScore, the exact Frechet distance, KID, ...) live in metrics.py; their
+earlier names stay here as aliases.
 
-Statistics are streamed: activations never accumulate in memory. ``RunningMoments`` keeps float64
-sums for the mean and covariance; ``InceptionScore`` keeps, per split, the sum of p log p and the
-sum of p, from which each split's mean KL divergence follows exactly.
-
-Command line (IS, and FID against a reference)::
+Command line (IS, FID, KID, precision/recall, density/coverage, intra-class FID of samples
+against a reference)::
 
     python inception_utils.py --samples samples.npz --reference data/I128_inception_moments_tf.npz \
-        --network tf
+        --network tf --metrics IS,FID,KID,PR,DC,iFID
 """
 import argparse
 import http.client
 import itertools
+import json
 import os
 import sys
 import urllib.error
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,10 +41,24 @@ import torch.nn.functional as F
 import checkpoints
 import datasets
 import layers
+import metrics
+
+# The statistics' and the Frechet distance's names here (DEVELOPERS.md's public interface).
+from metrics import (  # noqa: F401
+    InceptionScore,
+    RunningMoments,
+    calculate_inception_score,
+    load_moments,
+    numpy_calculate_frechet_distance,
+    read_npz,
+    torch_calculate_frechet_distance,
+)
 
 NETWORKS = ('torchvision', 'tf')
 INCEPTION_SIZE = 299
 POOL_DIM = 2048
+# How each network resizes its input to 299 x 299 (recorded with every metric).
+RESIZE = {'tf': 'tf1_resize_bilinear_299', 'torchvision': 'bilinear_align_corners_299'}
 
 TF_WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 TF_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
@@ -453,188 +466,6 @@ def load_inception_net(parallel=False, network='torchvision', weights_path=None,
 
 
 # ---------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------
-class RunningMoments:
-    """Streaming mean and covariance of feature rows, in float64.
-
-    Keeps sums of (x - K) and (x - K)(x - K)^T with K the first batch's mean (a shift that
-    keeps the float64 sums free of cancellation), on the device of the first batch.
-    """
-
-    def __init__(self):
-        self.n = 0
-        self.shift = self.sum = self.sum_outer = None
-
-    def update(self, acts):
-        """acts: (B, D) tensor or array of features."""
-        acts = torch.as_tensor(acts).detach().to(torch.float64)
-        if acts.ndim != 2:
-            raise ValueError(f'expected activations (B, D), got shape {tuple(acts.shape)}')
-        if self.shift is None:
-            self.shift = acts.mean(0)
-            self.sum = torch.zeros_like(self.shift)
-            self.sum_outer = acts.new_zeros(acts.shape[1], acts.shape[1])
-        centred = acts.to(self.shift.device) - self.shift
-        self.sum += centred.sum(0)
-        self.sum_outer.addmm_(centred.T, centred)
-        self.n += acts.shape[0]
-
-    @property
-    def mu(self):
-        """Mean, (D,) float64 numpy."""
-        if self.n == 0:
-            raise ValueError('no activations were accumulated')
-        return (self.shift + self.sum / self.n).cpu().numpy()
-
-    @property
-    def sigma(self):
-        """Unbiased covariance (as np.cov), (D, D) float64 numpy. Warns when n <= D."""
-        if self.n < 2:
-            raise ValueError(f'a covariance needs at least 2 samples, got {self.n}')
-        dim = self.sum.shape[0]
-        if self.n <= dim:
-            warnings.warn(f'moments from {self.n} samples of {dim}-d features: the covariance is '
-                          f'singular and FID is biased upward; use more than {dim} samples '
-                          '(50000 is standard)', stacklevel=2)
-        mean = self.sum / self.n
-        cov = (self.sum_outer - self.n * torch.outer(mean, mean)) / (self.n - 1)
-        return cov.cpu().numpy()
-
-
-class InceptionScore:
-    """Streaming Inception Score over `num_images` predictions in `num_splits` splits.
-
-    Split k holds predictions k*S .. (k+1)*S - 1 in arrival order, S = num_images // num_splits
-    (the remainder is left out, as in the original), or, with `seed`, a seeded random
-    assignment (for data that arrives sorted by class). Per split it keeps sum(p log p) and
-    sum(p), which give the mean KL(p(y|x) || p(y)) exactly.
-    """
-
-    def __init__(self, num_images, num_splits=10, seed=None):
-        if num_splits < 1 or num_images < num_splits:
-            raise ValueError(f'the Inception Score needs at least num_splits ({num_splits}) '
-                             f'images, got {num_images}')
-        self.num_images, self.num_splits = num_images, num_splits
-        self.split_size = num_images // num_splits
-        self.order = None
-        if seed is not None:
-            gen = torch.Generator().manual_seed(seed)
-            self.order = torch.randperm(num_images, generator=gen)
-        self.count = 0
-        self.neg_entropy = self.marginal = None
-
-    def update(self, logits):
-        """logits: (B, C); softmax is taken in float64."""
-        logp = torch.log_softmax(torch.as_tensor(logits).detach().to(torch.float64), dim=1)
-        probs = logp.exp()
-        self._add(probs, (probs * logp).sum(1))
-
-    def update_probs(self, probs):
-        """probs: (B, C) softmax probabilities."""
-        probs = torch.as_tensor(probs).detach().to(torch.float64)
-        self._add(probs, torch.xlogy(probs, probs).sum(1))
-
-    def _add(self, probs, p_log_p):
-        if probs.shape[0] == 0:
-            return
-        if self.marginal is None:
-            self.neg_entropy = probs.new_zeros(self.num_splits)
-            self.marginal = probs.new_zeros(self.num_splits, probs.shape[1])
-        index = torch.arange(self.count, self.count + probs.shape[0])
-        if index[-1] >= self.num_images:
-            raise ValueError(f'more than the announced {self.num_images} predictions')
-        if self.order is not None:
-            index = self.order[index]
-        split = (index // self.split_size).to(probs.device)
-        keep = split < self.num_splits
-        self.neg_entropy.index_add_(0, split[keep], p_log_p[keep])
-        self.marginal.index_add_(0, split[keep], probs[keep])
-        self.count += probs.shape[0]
-
-    def result(self):
-        """(IS mean, IS std) over the splits, as Python floats."""
-        if self.count < self.num_images:
-            raise ValueError(f'only {self.count} of the announced {self.num_images} predictions '
-                             'arrived')
-        p_y = self.marginal / self.split_size
-        kl = self.neg_entropy / self.split_size - torch.xlogy(p_y, p_y).sum(1)
-        scores = torch.exp(kl).cpu().numpy()
-        return float(np.mean(scores)), float(np.std(scores))
-
-
-def calculate_inception_score(pred, num_splits=10):
-    """IS of softmax probabilities pred: (N, C): mean and std over `num_splits` consecutive
-    splits of exp(mean KL(p(y|x) || p(y))). Zero probabilities count 0 log 0 = 0."""
-    scorer = InceptionScore(len(pred), num_splits)
-    scorer.update_probs(pred)
-    return scorer.result()
-
-
-# ---------------------------------------------------------------------------
-# Frechet distance
-# ---------------------------------------------------------------------------
-def _trace_sqrt_product(sigma1, sigma2):
-    # trace(sqrt(S1 S2)) = sum sqrt(eig(L^T S2 L)) with S1 = L L^T: LAPACK's generalised
-    # symmetric eigensolver of type 2 (A B x = lambda x) does exactly that Cholesky reduction.
-    try:
-        eig = scipy.linalg.eigh(sigma2, sigma1, type=2, eigvals_only=True, driver='gv',
-                                check_finite=False)
-    except np.linalg.LinAlgError:
-        # S1 is singular (e.g. fewer samples than dimensions): a pivoted Cholesky gives
-        # S1 = A A^T with A (D, rank) on its numerical range, and S1 S2 = A (A^T S2) has the
-        # nonzero spectrum of A^T S2 A (rank x rank).
-        factor, piv, rank, _ = scipy.linalg.lapack.dpstrf(sigma1, lower=1)
-        if rank == 0:
-            return 0.0
-        a = np.zeros((len(sigma1), rank))
-        a[piv - 1] = np.tril(factor)[:, :rank]
-        eig = scipy.linalg.eigh(a.T @ sigma2 @ a, eigvals_only=True, check_finite=False)
-    # A singular product has zero eigenvalues that come back as +-eps-sized noise, whose square
-    # roots limit the accuracy to ~sqrt(eps) relative there (any float64 method shares this).
-    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
-
-
-def _as_float64(value, name):
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().to(torch.float64).numpy()
-    value = np.asarray(value, dtype=np.float64)
-    if not np.isfinite(value).all():
-        raise ValueError(f'{name} has non-finite entries (NaN or inf): the Inception '
-                         'activations behind it are broken (check the generator output)')
-    return value
-
-
-def numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2):
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), exact in float64.
-
-    mu: (D,), sigma: (D, D) numpy arrays (or tensors). Returns a Python float:
-    ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
-    """
-    mu1, mu2 = _as_float64(mu1, 'mu1'), _as_float64(mu2, 'mu2')
-    sigma1, sigma2 = _as_float64(sigma1, 'sigma1'), _as_float64(sigma2, 'sigma2')
-    if mu1.ndim != 1 or mu1.shape != mu2.shape:
-        raise ValueError(f'mean vectors have shapes {mu1.shape} and {mu2.shape}; expected (D,)')
-    if sigma1.shape != (len(mu1), len(mu1)) or sigma2.shape != sigma1.shape:
-        raise ValueError(f'covariances have shapes {sigma1.shape} and {sigma2.shape}; '
-                         f'expected ({len(mu1)}, {len(mu1)})')
-    # LAPACK reads one triangle: symmetrise so both triangles count.
-    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-                 - 2.0 * _trace_sqrt_product(sigma1, sigma2))
-
-
-def torch_calculate_frechet_distance(mu1, sigma1, mu2, sigma2):
-    """Frechet distance for torch tensors (any device) or arrays: mu (D,), sigma (D, D).
-
-    Computed exactly in float64 on the CPU, where the eigensolve takes about a second at
-    D=2048 (many GPUs run float64 slowly); returns a Python float.
-    """
-    return numpy_calculate_frechet_distance(mu1, sigma1, mu2, sigma2)
-
-
-# ---------------------------------------------------------------------------
 # Streaming evaluation
 # ---------------------------------------------------------------------------
 class OneProcess:
@@ -646,7 +477,7 @@ class OneProcess:
     agree(flag): True only when `flag` holds on every process;
     gather(pool, logits, labels): every process's rows of one round, in process order,
     on the main process (None for each process elsewhere);
-    share(values): the main process's list of floats, on every process.
+    share(results): the main process's results (anything JSON holds), on every process.
     """
     is_main = True
     device = None
@@ -657,8 +488,8 @@ class OneProcess:
     def gather(self, pool, logits, labels):
         return [(pool, logits, labels)]
 
-    def share(self, values):
-        return values
+    def share(self, results):
+        return results
 
 
 ONE_PROCESS = OneProcess()
@@ -671,8 +502,9 @@ def feature_pass(batches, net, num_images, sinks, gather=ONE_PROCESS, pbar=None)
     B on every process. Runs until `num_images` images (over all processes) were seen;
     each of `sinks` is called as sink(pool (b, 2048), logits (b, C), labels (b,) or None)
     for every round's rows, in order, on the main process only (the rows are valid
-    during the call: copy what you keep); the last rows are cut to num_images. Raises
-    ValueError when the batches run out first.
+    during the call: copy what you keep); the last rows are cut to num_images (the whole
+    batch goes through the network, on 1 process as on N, so the features are the same
+    to the bit). Raises ValueError when the batches run out first.
     """
     device = layers.module_device(net)
     seen = 0
@@ -693,18 +525,80 @@ def feature_pass(batches, net, num_images, sinks, gather=ONE_PROCESS, pbar=None)
         raise ValueError(f'only {seen} images were available, expected {num_images}')
 
 
+class InceptionOutputs:
+    """A feature_pass sink: what one pass of `num_images` images yields for the metrics.
+
+    Always streamed: the RunningMoments of the pool features (`moments`, for FID) and the
+    InceptionScore of the logits (`scorer`). With keep_features, also the pool features
+    themselves, float32, and the labels (for KID, precision/recall, density/coverage,
+    intra-class FID), on `keep_on` (default: where they were computed). With per_class, a
+    RunningMoments per label (`class_moments`; C * D**2 * 8 bytes).
+    """
+
+    def __init__(self, num_images, num_splits=10, split_seed=None, keep_features=False,
+                 per_class=False, keep_on=None):
+        self.moments = RunningMoments()
+        self.scorer = InceptionScore(num_images, num_splits, seed=split_seed)
+        self.keep_features, self.per_class, self.keep_on = keep_features, per_class, keep_on
+        self.class_moments = {}
+        self._pool, self._labels = [], []
+        self.count = 0
+
+    def __call__(self, pool, logits, labels=None):
+        """pool: (B, D), logits: (B, C), labels: (B,) integer classes or None."""
+        self.moments.update(pool)
+        self.scorer.update(logits)
+        if self.keep_features:
+            # Copies: the rows are valid during the call only, and a sampler may redraw its
+            # label buffer in place for the next batch.
+            self._pool.append(pool.detach().to(self.keep_on or pool.device, torch.float32,
+                                               copy=True))
+            self._labels.append(None if labels is None else torch.as_tensor(labels).detach().to(
+                self._pool[-1].device, torch.long, copy=True))
+        if self.per_class:
+            if labels is None:
+                raise ValueError('per-class moments need the labels of the images')
+            labels = torch.as_tensor(labels).detach().long().to(pool.device)
+            for c in labels.unique().tolist():
+                self.class_moments.setdefault(c, RunningMoments()).update(pool[labels == c])
+        self.count += pool.shape[0]
+
+    @property
+    def pool(self):
+        """The kept pool features (N, D) float32, or None."""
+        return torch.cat(self._pool) if self.keep_features and self._pool else None
+
+    @property
+    def labels(self):
+        """The kept labels (N,) int64, or None (not kept, or a batch came without them)."""
+        if not self.keep_features or not self._labels or any(y is None for y in self._labels):
+            return None
+        return torch.cat(self._labels)
+
+    def fake(self):
+        """{'moments', 'scorer', 'pool', 'labels'}: metrics.compute_metrics' generated side."""
+        return {'moments': self.moments, 'scorer': self.scorer, 'pool': self.pool,
+                'labels': self.labels}
+
+
+def accumulate_inception_outputs(batches, net, num_images, num_splits=10, split_seed=None,
+                                 gather=ONE_PROCESS, sinks=(), pbar=None, **keep):
+    """feature_pass of (images, labels) batches into one InceptionOutputs (keep: its
+    keep_features, per_class, keep_on), which it returns (empty on processes other than
+    the main one); `sinks` see the same rows. Raises ValueError when the batches run out
+    first."""
+    outputs = InceptionOutputs(num_images, num_splits, split_seed, **keep)
+    feature_pass(batches, net, num_images, [outputs, *sinks], gather, pbar)
+    return outputs
+
+
 def inception_statistics(batches, net, num_images, num_splits=10, split_seed=None,
                          gather=ONE_PROCESS, sinks=(), pbar=None):
-    """feature_pass into (RunningMoments of the pool features, InceptionScore of the
-    logits) (empty on processes other than the main one); `sinks` see the same rows."""
-    moments = RunningMoments()
-    scorer = InceptionScore(num_images, num_splits, seed=split_seed)
-
-    def statistics(pool, logits, labels):
-        moments.update(pool)
-        scorer.update(logits)
-    feature_pass(batches, net, num_images, [statistics, *sinks], gather, pbar)
-    return moments, scorer
+    """accumulate_inception_outputs' (RunningMoments of the pool features, InceptionScore
+    of the logits)."""
+    outputs = accumulate_inception_outputs(batches, net, num_images, num_splits, split_seed,
+                                           gather, sinks, pbar)
+    return outputs.moments, outputs.scorer
 
 
 def accumulate_inception_statistics(batches, net, num_images, num_splits=10, split_seed=None,
@@ -716,16 +610,6 @@ def accumulate_inception_statistics(batches, net, num_images, num_splits=10, spl
     """
     return inception_statistics(((images, None) for images in batches), net, num_images,
                                 num_splits, split_seed, pbar=pbar)
-
-
-def is_and_fid(moments, scorer, data_moments=None):
-    """(IS_mean, IS_std, FID) from one pass's statistics; FID is NaN without the data's
-    (mu, sigma)."""
-    IS_mean, IS_std = scorer.result()
-    FID = float('nan')
-    if data_moments is not None:
-        FID = torch_calculate_frechet_distance(moments.mu, moments.sigma, *data_moments)
-    return IS_mean, IS_std, FID
 
 
 def moments_filename(dataset, data_root='data', network='torchvision', resolution=None):
@@ -741,51 +625,13 @@ def moments_filename(dataset, data_root='data', network='torchvision', resolutio
     return os.path.join(data_root, name + ('_tf' if network == 'tf' else '') + '.npz')
 
 
-def _npz_reason(err):
-    text = str(err)
-    # numpy's own text suggests allow_pickle=True, which would run code from the file.
-    if 'pickle' in text:
-        return 'not an npz of plain arrays; pickled objects are never loaded'
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def read_npz(path, keys, what):
-    """{key: array} for `keys` from an npz of plain arrays at `path` (`what` names its
-    contents in messages); ValueError naming the path otherwise. Never unpickles."""
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f'{path}: cannot read it as an npz of {what} ({_npz_reason(err)})') \
-            from None
-    if not hasattr(data, 'files'):
-        raise ValueError(f'{path}: holds a single array, not an npz of {what}')
-    with data:
-        missing = [key for key in keys if key not in data.files]
-        if missing:
-            raise ValueError(f'{path}: an npz of {what} needs the keys {", ".join(keys)}; it '
-                             f'has {", ".join(data.files) or "none"}')
-        try:
-            return {key: data[key] for key in keys}
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
-            raise ValueError(f'{path}: cannot read {what} from it ({_npz_reason(err)})') \
-                from None
-
-
-def load_moments(path):
-    """(mu (D,), sigma (D, D)) float64 from a moments npz (keys mu, sigma)."""
-    arrays = read_npz(path, ('mu', 'sigma'), 'moments (mu, sigma)')
-    mu, sigma = arrays['mu'].astype(np.float64), arrays['sigma'].astype(np.float64)
-    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-        raise ValueError(f'{path}: mu has shape {mu.shape} and sigma {sigma.shape}; expected '
-                         '(D,) and (D, D)')
-    return mu, sigma
-
-
-def save_moments(path, mu, sigma):
-    """Write mu, sigma to `path` atomically (a half-written file never replaces a good one)."""
+def save_moments(path, mu, sigma, **extra):
+    """Write mu, sigma (and the `extra` arrays, e.g. features, labels, class_mu, num_images;
+    see metrics.load_reference) to `path` atomically (a half-written file never replaces a
+    good one)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with checkpoints.atomic_write(path) as tmp, open(tmp, 'wb') as f:
-        np.savez(f, mu=mu, sigma=sigma)
+        np.savez(f, mu=mu, sigma=sigma, **extra)
 
 
 def load_dataset_moments(dataset, data_root='data', network='torchvision', resolution=None):
@@ -797,10 +643,7 @@ def load_dataset_moments(dataset, data_root='data', network='torchvision', resol
     resolution: the size of a generic dataset (--dataset folder).
     """
     path = moments_filename(dataset, data_root, network, resolution)
-    generic = dataset in datasets.DATASETS and datasets.is_generic(dataset)
-    size = f' --resolution {resolution}' if generic else ''
-    command = (f'python calculate_inception_moments.py --dataset {dataset}{size} --data_root '
-               f'{data_root} --inception_network {network}')
+    command = _moments_command(dataset, data_root, network, resolution)
     if not os.path.isfile(path):
         raise InceptionMomentsMissing(
             f'{path}: no Inception moments for FID; make them with `{command}` '
@@ -816,41 +659,85 @@ def load_dataset_moments(dataset, data_root='data', network='torchvision', resol
     return data_mu, data_sigma
 
 
+def dataset_evaluation(dataset, test_metrics='IS,FID', no_fid=False, data_root='data',
+                       network='torchvision', resolution=None, options=None, sampling=None,
+                       reference=True):
+    """The metrics.Evaluation of --test_metrics against the dataset's moments file.
+
+    no_fid drops FID. The file is read only when a metric needs it (not for IS alone), and
+    only the parts the metrics need (its real features only for KID, PR, DC, iFID); with
+    reference=False it is not read at all (ranks that only sample). Raises
+    InceptionMomentsMissing or InceptionMomentsInvalid naming the file and the command that
+    makes it, also when the file lacks what a metric needs (real features).
+    options: compute_metrics' keywords (metrics.options_from_config); sampling:
+    metrics.sampling_protocol.
+    """
+    names = [name for name in metrics.parse_metrics(test_metrics)
+             if not (no_fid and name == 'FID')]
+    ref = None
+    if reference and any(metrics.METRICS[name].reference for name in names):
+        data_mu, data_sigma = load_dataset_moments(dataset, data_root, network, resolution)
+        path = moments_filename(dataset, data_root, network, resolution)
+        extra = metrics.needs_reference_data(names)
+        try:
+            ref = metrics.load_reference(path, extra=extra)
+            metrics.check_reference(names, ref, 'make one that has them with `' +
+                                    _moments_command(dataset, data_root, network, resolution) +
+                                    ' --save_features`')
+        except metrics.ReferenceFileError as err:
+            raise InceptionMomentsInvalid(str(err)) from None
+        ref.mu, ref.sigma = data_mu, data_sigma
+    # Not strict: a metric that cannot be computed from one pass (a class drawn once, for
+    # iFID) is NaN with a warning, not the end of a training run.
+    return metrics.Evaluation(names, ref, options or {}, network, sampling, strict=False,
+                              resize=RESIZE[network])
+
+
+def _moments_command(dataset, data_root, network, resolution):
+    generic = dataset in datasets.DATASETS and datasets.is_generic(dataset)
+    size = f' --resolution {resolution}' if generic else ''
+    return (f'python calculate_inception_moments.py --dataset {dataset}{size} --data_root '
+            f'{data_root} --inception_network {network}')
+
+
 def metric_inputs(dataset, no_fid=False, data_root='data', network='torchvision',
                   weights_path=None, parallel=False, device=None, moments=True,
-                  resolution=None):
-    """What IS/FID need, found before a single image is sampled: (net, (mu, sigma) or None).
+                  resolution=None, test_metrics='IS,FID', options=None, sampling=None):
+    """What the metrics need, found before a single image is sampled: (net, evaluation), the
+    evaluation a metrics.Evaluation of `test_metrics` (see dataset_evaluation).
 
     The one place that decides whether metrics can run (train.py, torchrun's
-    ranks and sample.py all ask it). moments=False (or no_fid) skips the
-    dataset's moments. Raises one of METRICS_UNAVAILABLE when the moments file
+    ranks and sample.py all ask it). moments=False (or no_fid with IS alone) skips
+    the dataset's moments. Raises one of METRICS_UNAVAILABLE when the moments file
     or the Inception weights are missing, the message naming each missing file
     and how to get it (both at once when both are missing); a weights file that
     is not the network's weights is InceptionWeightsUnavailable too. Raises
-    InceptionMomentsInvalid for a moments file that exists but is unusable.
+    InceptionMomentsInvalid for a moments file that exists but is unusable, or lacks
+    the real features a metric needs.
     resolution: the size of a generic dataset (--dataset folder), for its moments' name.
     """
-    data = None
-    if moments and not no_fid:
-        try:
-            data = load_dataset_moments(dataset, data_root, network, resolution)
-        except InceptionMomentsMissing as err:
-            if _local_weights(network, weights_path) is None:
-                # Say both at once; nothing is downloaded for metrics that cannot run.
-                weights = (_no_weights_file(network, weights_path) if weights_path else
-                           f'the {network} Inception weights are not here either: '
-                           f'{weights_help(network)}')
-                raise InceptionMomentsMissing(f'{err}. And {weights}') from None
-            raise
-    return load_inception_net(parallel, network, weights_path, device), data
+    try:
+        evaluation = dataset_evaluation(dataset, test_metrics, no_fid, data_root, network,
+                                        resolution, options, sampling, reference=moments)
+    except InceptionMomentsMissing as err:
+        if _local_weights(network, weights_path) is None:
+            # Say both at once; nothing is downloaded for metrics that cannot run.
+            weights = (_no_weights_file(network, weights_path) if weights_path else
+                       f'the {network} Inception weights are not here either: '
+                       f'{weights_help(network)}')
+            raise InceptionMomentsMissing(f'{err}. And {weights}') from None
+        raise
+    return load_inception_net(parallel, network, weights_path, device), evaluation
 
 
 def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
                               network='torchvision', weights_path=None, resolution=None,
-                              gather=ONE_PROCESS, log=print):
-    """Load the network (and, unless no_fid, the dataset's moments) and return
+                              gather=ONE_PROCESS, log=print, test_metrics='IS,FID',
+                              options=None, sampling=None):
+    """Load the network (and, when a metric needs it, the dataset's moments file) and return
     ``get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
-    sinks=()) -> (IS_mean, IS_std, FID)``, the same numbers on every process.
+    sinks=(), as_dict=False) -> (IS_mean, IS_std, FID)``, or with as_dict=True {every key
+    of `test_metrics`, 'protocol': {...}} (metrics.Evaluation), the same on every process.
 
     `sample()` returns (images (B, 3, H, W) in [-1, 1], labels (B,)); every process's
     samples count (`gather`: OneProcess, or distributed.FeatureGather under torchrun).
@@ -859,14 +746,16 @@ def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
     every process alike: the main process decides first (it alone reads the moments, and
     the weights it finds, or downloads into the hub cache, are then there for the others).
     resolution: the size of a generic dataset (--dataset folder), for its moments' name.
+    options, sampling: see dataset_evaluation.
     """
     def inputs(moments=True):
         return metric_inputs(dataset, no_fid, data_root, network, weights_path, parallel,
-                             device=gather.device, moments=moments, resolution=resolution)
-    net = data = error = None
+                             device=gather.device, moments=moments, resolution=resolution,
+                             test_metrics=test_metrics, options=options, sampling=sampling)
+    net = evaluation = error = None
     if gather.is_main:
         try:
-            net, data = inputs()
+            net, evaluation = inputs()
         except (InceptionMomentsInvalid, *METRICS_UNAVAILABLE) as err:
             error = err
     if not gather.agree(not isinstance(error, InceptionMomentsInvalid)):
@@ -874,7 +763,7 @@ def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
                                                'process says why)')
     if gather.agree(error is None) and not gather.is_main:
         try:
-            net, _ = inputs(moments=False)
+            net, evaluation = inputs(moments=False)
         except METRICS_UNAVAILABLE as err:
             error = err
     if not gather.agree(error is None):
@@ -882,42 +771,56 @@ def prepare_inception_metrics(dataset, parallel, no_fid=False, data_root='data',
                                                    'process')
 
     def get_inception_metrics(sample, num_inception_images, num_splits=10, prints=True,
-                              sinks=()):
-        """(IS_mean, IS_std, FID) of num_inception_images samples from `sample()`."""
+                              sinks=(), as_dict=False):
+        """The metrics of num_inception_images samples from `sample()` (see above)."""
         if prints:
             log('Gathering activations...')
         batches = (sample() for _ in itertools.count())
-        moments, scorer = inception_statistics(batches, net, num_inception_images, num_splits,
-                                               gather=gather, sinks=sinks)
-        result = [float('nan')] * 3
+        outputs = accumulate_inception_outputs(batches, net, num_inception_images, num_splits,
+                                               gather=gather, sinks=sinks,
+                                               keep_features=evaluation.keeps_features)
+        results = None
         if gather.is_main:
-            if prints and data is not None:
-                log('Calculating FID...')
-            result = list(is_and_fid(moments, scorer, data))
-        IS_mean, IS_std, FID = gather.share(result)
-        return IS_mean, IS_std, FID
+            if prints:
+                log(f'Calculating {",".join(evaluation.names)}...')
+            results = evaluation(outputs)
+        results = gather.share(results)
+        return results if as_dict else legacy_results(results)
 
     return get_inception_metrics
 
 
+def legacy_results(results):
+    """(IS_mean, IS_std, FID) of a results dict, NaN for those not computed: what the
+    original's get_inception_metrics returns."""
+    return tuple(float(results.get(key, float('nan'))) for key in ('IS_mean', 'IS_std', 'FID'))
+
+
 class MetricsUnavailable(RuntimeError):
-    """IS/FID were asked for (the message names the flag) but cannot be computed here."""
+    """--test_metrics were asked for (the message names the flag) but cannot be computed
+    here."""
 
 
-def metrics_for_config(config, gather=ONE_PROCESS, log=print, needed_by=None):
-    """prepare_inception_metrics with the run's flags; the one place that catches
-    METRICS_UNAVAILABLE. Then IS/FID are off: None, said in one `log` line; or, when
+def metrics_for_config(config, gather=ONE_PROCESS, log=print, needed_by=None, sampling=None):
+    """prepare_inception_metrics with the run's flags (--test_metrics and its options;
+    `sampling`: metrics.sampling_protocol(config) unless given); the one place that catches
+    METRICS_UNAVAILABLE. Then the metrics are off: None, said in one `log` line; or, when
     `needed_by` names the flag that asked for them, MetricsUnavailable naming it (for an
     unusable moments file too). InceptionMomentsInvalid propagates otherwise."""
+    test_metrics = config.get('test_metrics', 'IS,FID')
     try:
         return prepare_inception_metrics(
             config['dataset'], config.get('parallel', False), config['no_fid'],
             data_root=config['data_root'], network=config['inception_network'],
             weights_path=config['inception_weights'], resolution=config.get('resolution'),
-            gather=gather, log=log)
+            gather=gather, log=log, test_metrics=test_metrics,
+            options=metrics.options_from_config(config),
+            sampling=sampling or metrics.sampling_protocol(config))
     except (*METRICS_UNAVAILABLE, InceptionMomentsInvalid) as err:
         if needed_by is not None:
-            raise MetricsUnavailable(f'{needed_by}: IS/FID cannot be computed: {err}') from None
+            names = test_metrics.replace(',', '/')
+            raise MetricsUnavailable(f'{needed_by}: {names} cannot be computed: {err}') \
+                from None
         if isinstance(err, InceptionMomentsInvalid):
             raise
         log(f'IS/FID are off: {err}')
@@ -990,16 +893,45 @@ def image_batches(path, batch_size):
     raise ValueError(f'{path}: no such file or folder')
 
 
+def sample_labels(path, count):
+    """The class labels (count,) int64 under 'y' of a samples npz (sample.py writes them), or
+    None (a folder, or an npz without them); ValueError naming the file if they do not fit."""
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if 'y' not in data.files:
+            return None
+    y = read_npz(path, ('y',), 'samples (x, y)')['y']
+    if y.shape != (count,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f'{path}: y has dtype {y.dtype} and shape {y.shape}; expected '
+                         f'integer class labels ({count},)')
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _with_labels(images, labels):
+    """(images, labels) pairs: each batch of `images` with its slice of `labels` (or None)."""
+    count, batches = images
+    start = 0
+    for batch in batches:
+        yield batch, None if labels is None else labels[start:start + len(batch)]
+        start += len(batch)
+
+
 def _cli_parser():
     parser = argparse.ArgumentParser(
-        description='Inception Score of samples, and FID against a reference (moments npz or '
-                    'image folder).')
+        description='Metrics of generated samples against a reference: IS, FID, KID, '
+                    'precision/recall (PR), density/coverage (DC), intra-class FID (iFID).')
     parser.add_argument('--samples', required=True,
-                        help="npz with uint8 images under 'x' (as sample.py writes), or a folder "
-                             'of images')
+                        help="npz with uint8 images under 'x' and optional labels under 'y' "
+                             '(as sample.py writes), or a folder of images')
     parser.add_argument('--reference', '--moments', dest='reference', default='',
-                        help='moments npz (mu, sigma) or a folder of reference images; omit for '
-                             'IS only')
+                        help='npz of reference statistics (moments mu, sigma as ours, TF TTUR, '
+                             'pytorch-fid or clean-fid write them; real features; per-class '
+                             'moments: see metrics.load_reference) or a folder of reference '
+                             'images; omit for IS only')
+    parser.add_argument('--metrics', default=None,
+                        help='comma-separated selection of IS, FID, KID, PR, DC, iFID '
+                             '(default: IS,FID with --reference, else IS)')
     parser.add_argument('--network', choices=NETWORKS, default='torchvision',
                         help='tf for numbers comparable with published IS/FID '
                              '(default: %(default)s)')
@@ -1008,23 +940,57 @@ def _cli_parser():
                                            'else download)')
     parser.add_argument('--batch_size', type=int, default=50, help='(default: %(default)s)')
     parser.add_argument('--num_splits', type=int, default=10, help='(default: %(default)s)')
+    parser.add_argument('--kid_subsets', type=int, default=100, help='(default: %(default)s)')
+    parser.add_argument('--kid_subset_size', type=int, default=1000,
+                        help='(default: %(default)s)')
+    parser.add_argument('--metrics_chunk', type=int, default=2048,
+                        help='tile size of the pairwise distances of KID, PR, DC '
+                             '(default: %(default)s)')
     parser.add_argument('--device', default=None, help='(default: cuda if available)')
     return parser
 
 
-def _statistics_of(images, net, args, label):
+def _outputs_of(images, labels, net, args, label, keep_features, report_IS):
     from tqdm import tqdm
-    count, batches = images
-    with tqdm(total=count, desc=label, unit='img') as pbar:
-        return accumulate_inception_statistics(batches, net, count, args.num_splits, pbar=pbar)
+    with tqdm(total=images[0], desc=label, unit='img') as pbar:
+        # An IS that is not reported (the reference's, or not asked): any split count that fits.
+        splits = args.num_splits if report_IS else min(args.num_splits, images[0])
+        return accumulate_inception_outputs(_with_labels(images, labels), net, images[0],
+                                            splits, pbar=pbar, keep_features=keep_features)
+
+
+def _print_results(results, args):
+    net = args.network
+    if 'IS_mean' in results:
+        print(f"Inception Score ({net}, {results['protocol']['num_generated']} samples, "
+              f"{args.num_splits} splits): {results['IS_mean']:.4f} +/- {results['IS_std']:.4f}")
+    if 'FID' in results:
+        print(f"FID ({net}): {results['FID']:.4f}")
+    if 'KID_mean' in results:
+        print(f"KID ({net}, {results['KID_subsets']} subsets of {results['KID_subset_size']}): "
+              f"{results['KID_mean']:.6f} +/- {results['KID_std']:.6f}")
+    for key in ('precision', 'recall', 'density', 'coverage'):
+        if key in results:
+            k = 3 if key in ('precision', 'recall') else 5
+            print(f'{key} ({net}, k={k}): {results[key]:.4f}')
+    if 'iFID' in results:
+        print(f"iFID ({net}, {len(results['iFID_per_class'])} classes): {results['iFID']:.4f}")
+    print(f"protocol: {json.dumps(results['protocol'])}")
 
 
 def main(argv=None):
-    """`python inception_utils.py --samples X --reference Y --network tf`: prints IS and FID."""
+    """`python inception_utils.py --samples X --reference Y --metrics IS,FID,KID --network tf`:
+    prints each metric on its own line, then the protocol (JSON) they were computed with."""
     parser = _cli_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.num_splits < 1:
-        parser.error('--batch_size and --num_splits must be at least 1')
+    names, problems = metrics.check_metric_flags(
+        '--metrics', args.metrics or ('IS,FID' if args.reference else 'IS'), vars(args))
+    problems += [f'--{flag} {getattr(args, flag)}: must be at least 1'
+                 for flag in ('batch_size', 'num_splits') if getattr(args, flag) < 1]
+    if problems:
+        parser.error('; '.join(problems))
+    if not args.reference and any(metrics.METRICS[name].reference for name in names):
+        parser.error(f'--metrics {",".join(names)}: all but IS need --reference')
     for flag, path in (('--samples', args.samples), ('--reference', args.reference)):
         if path and not os.path.exists(path):
             problem = datasets.path_problem(path) or 'not found'
@@ -1040,27 +1006,44 @@ def main(argv=None):
         warnings.warn(f'{args.reference}: moments files are named per network '
                       f"('_tf' for tf); check it was computed with --network {args.network}",
                       stacklevel=1)
+    options = {'kid_subsets': args.kid_subsets, 'kid_subset_size': args.kid_subset_size,
+               'chunk_size': args.metrics_chunk}
     try:
         # The inputs are read (npz) or listed (folders) before the network loads.
-        reference = load_moments(args.reference) if reference_is_file else None
+        reference = None
+        if reference_is_file:
+            reference = metrics.load_reference(args.reference,
+                                               extra=metrics.needs_reference_data(names))
+            metrics.check_reference(names, reference,
+                                    'compute the real features with `python '
+                                    'calculate_inception_moments.py ... --save_features`, or '
+                                    'give a folder of real images')
         samples = image_batches(args.samples, args.batch_size)
+        labels = sample_labels(args.samples, samples[0])
         reference_images = (image_batches(args.reference, args.batch_size)
-                             if args.reference and reference is None else None)
+                            if args.reference and reference is None else None)
+        if 'iFID' in names and labels is None:
+            raise ValueError(f"{args.samples}: iFID needs the class of each sample, as "
+                             "labels under 'y' of an npz (sample.py writes them)")
+        if 'iFID' in names and reference_images is not None:
+            raise ValueError(f'{args.reference}: a folder of images has no class labels; '
+                             'iFID needs a reference npz with features and labels (or '
+                             'class_mu and class_sigma)')
         net = load_inception_net(network=args.network, weights_path=args.weights_path,
                                  device=args.device)
-        moments, scorer = _statistics_of(samples, net, args, 'samples')
-        IS_mean, IS_std = scorer.result()
-        print(f'Inception Score ({args.network}, {scorer.num_images} samples, '
-              f'{args.num_splits} splits): {IS_mean:.4f} +/- {IS_std:.4f}')
-        if args.reference:
-            if reference is None:
-                ref_moments, _ = _statistics_of(reference_images, net, args, 'reference')
-                reference = ref_moments.mu, ref_moments.sigma
-            FID = torch_calculate_frechet_distance(moments.mu, moments.sigma, *reference)
-            print(f'FID ({args.network}): {FID:.4f}')
+        outputs = _outputs_of(samples, labels, net, args, 'samples',
+                              metrics.keeps_features(names), 'IS' in names)
+        if reference_images is not None:
+            extra = metrics.needs_reference_data(names)
+            real = _outputs_of(reference_images, None, net, args, 'reference', extra, False)
+            reference = metrics.Reference(args.reference, real.moments.mu, real.moments.sigma,
+                                          features=real.pool, num_images=real.count)
+        results = metrics.Evaluation(names, reference, options, args.network,
+                                     resize=RESIZE[args.network])(outputs)
     except (InceptionWeightsUnavailable, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    _print_results(results, args)
     return 0
 
 

@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn import Parameter as P
 
+import sync_batchnorm
+
 
 # ---------------------------------------------------------------------------
 # Spectral norm
@@ -208,7 +210,6 @@ def batch_stats(x, cross_replica=False):
     Returns (mean, var, count), mean and var of shape (C,).
     """
     if cross_replica:
-        import sync_batchnorm
         if sync_batchnorm.is_distributed():
             return sync_batchnorm.global_batch_stats(x)
     xf = x.to(torch.promote_types(x.dtype, torch.float32))

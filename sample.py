@@ -7,8 +7,8 @@ from the experiment's saved config unless typed (utils.with_saved_flags). It
 writes what the flags ask for into its own folder samples/<experiment>/sample_<N>/
 (N: --sample_sheet_folder_num, else the checkpoint's iteration), never into
 training's samples/<experiment>/<itr>/: an npz of samples, class-conditional and
-interpolation sheets, a random sheet; and prints IS/FID, and IS/FID across
-truncations.
+interpolation sheets, a random sheet; and prints the --test_metrics (IS/FID by
+default), also across truncations, each line with the protocol of its numbers.
 """
 import functools
 import os
@@ -19,6 +19,7 @@ from tqdm import tqdm, trange
 
 import datasets
 import inception_utils
+import metrics
 import train_fns
 import utils
 
@@ -139,20 +140,25 @@ def prepare_metrics(config):
     moments are not usable."""
     flag = ('--sample_inception_metrics' if config['sample_inception_metrics']
             else '--sample_trunc_curves')
-    return inception_utils.metrics_for_config(config, needed_by=flag)
+    return inception_utils.metrics_for_config(
+        config, needed_by=flag,
+        sampling=metrics.sampling_protocol(config, use_ema=config['use_ema']))
 
 
 def _metrics(config, G, z_, y_, sample, get_inception_metrics, state_dict, G_batch_size, log):
     results = {}
 
     def measure(label):
-        IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
-                                                     num_splits=10, prints=False)
+        result = get_inception_metrics(sample, config['num_inception_images'], num_splits=10,
+                                       prints=False, as_dict=True)
+        # The latent distribution of this point (a truncation curve varies it).
+        result['protocol'].update(z_var=float(z_.var), truncation=float(z_.truncation))
         mode = 'eval' if config['G_eval_mode'] else 'training'
         log(f"{'EMA' if config['use_ema'] else 'non-EMA'} G in {mode} mode, {label}, "
             f"{config['num_inception_images']} images, batch {G_batch_size}, itr "
-            f"{state_dict['itr']}: IS {IS_mean:3.3f} +/- {IS_std:3.3f}, FID {FID:5.4f}")
-        return {'IS_mean': IS_mean, 'IS_std': IS_std, 'FID': FID}
+            f"{state_dict['itr']}: {metrics.results_line(result)} "
+            f"[{metrics.protocol_line(result['protocol'])}]")
+        return {'IS_mean': float('nan'), 'IS_std': float('nan'), 'FID': float('nan'), **result}
 
     if config['sample_inception_metrics']:
         results['metrics'] = measure(f"z std {config['z_var']}, truncation "

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import layers
+import metrics
 import train_helpers
 import utils
 
@@ -200,7 +201,8 @@ def new_training_state(config):
       save_num (int): the rotating copy slot written next; save_and_sample.
       save_best_num (int): the best-copy slot written last; update_best_copies.
       best_IS, best_FID (float): the best IS and FID so far; test.
-      best_copies (list): {slot, itr, IS_mean, FID} of the kept best copies, best first;
+      best_copies (list): {slot, itr, IS_mean, FID and the other ranked metrics computed
+        (KID_mean, precision, ...)} of the kept best copies, best first (by --which_best);
         update_best_copies.
       rng (dict or None): the RNG states at the last save or test, for an exact resume;
         train.frozen_for_sampling (utils.get_rng_state).
@@ -278,32 +280,48 @@ def save_and_sample(G, D, G_ema, z_, y_, fixed_z, fixed_y, state_dict, config,
 
 
 def _best_key(which_best):
-    return 'IS_mean' if which_best == 'IS' else 'FID'
+    """The result key that --which_best ranks by (IS -> IS_mean, KID -> KID_mean, ...)."""
+    return metrics.ranking(which_best)[0]
 
 
 def rank_best(entries, which_best):
-    """Sort best-copy records (dicts with IS_mean, FID) from best to worst; a NaN (or
-    infinite) value of the ranking metric ranks below every number."""
-    key = _best_key(which_best)
-    sign = -1.0 if which_best == 'IS' else 1.0
-    return sorted(entries, key=lambda e: (not math.isfinite(e[key]),
-                                          sign * e[key] if math.isfinite(e[key]) else 0.0))
+    """Sort best-copy records (dicts of itr and metric values) from best to worst by
+    --which_best, in its direction (higher IS, precision, recall, density, coverage; lower
+    FID, KID, iFID); a NaN, infinite or missing value of the ranking metric ranks below
+    every number."""
+    key, direction = metrics.ranking(which_best)
+    sign = -1.0 if direction == 'higher' else 1.0
+
+    def value(entry):
+        v = entry.get(key, float('nan'))
+        return (not math.isfinite(v), sign * v if math.isfinite(v) else 0.0)
+    return sorted(entries, key=value)
 
 
-def update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean, FID):
+def _ranked_values(results):
+    """{key: float} of the ranked metric values in `results` (IS_mean, FID, KID_mean, ...)."""
+    ranked = {key for metric in metrics.METRICS.values()
+              for key, direction in metric.keys.items() if direction}
+    return {key: float(value) for key, value in results.items() if key in ranked}
+
+
+def update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean, FID,
+                       results=None):
     """Keep the num_best_copies best checkpoints so far, in slots best0..best{N-1}.
 
-    A new result that beats the worst kept one (or fills a free slot) is saved
-    into that slot; state_dict['best_copies'] and best_copies.json (committed
-    with the set) record which slot holds which iteration, best first.
-    Returns the slot written, or None.
+    Ranked by config['which_best'] (rank_best). `results` (the metrics' dict) adds the other
+    computed metrics to the record; IS_mean and FID are the original's arguments. A new
+    result that beats the worst kept one (or fills a free slot) is saved into that slot;
+    state_dict['best_copies'] and best_copies.json (committed with the set) record which
+    slot holds which iteration and its metrics, best first. Returns the slot written, or None.
     """
     n = config['num_best_copies']
     if n <= 0:
         return None
     kept = list(state_dict.get('best_copies', []))
-    new = {'itr': int(state_dict['itr']), 'IS_mean': float(IS_mean), 'FID': float(FID)}
-    if not math.isfinite(new[_best_key(config['which_best'])]):
+    new = {'itr': int(state_dict['itr']), 'IS_mean': float(IS_mean), 'FID': float(FID),
+           **_ranked_values(results or {})}
+    if not math.isfinite(new.get(_best_key(config['which_best']), float('nan'))):
         return None  # a NaN is no result, let alone a best one
     if len(kept) < n:
         slot = min(set(range(n)) - {e['slot'] for e in kept})
@@ -325,21 +343,26 @@ def update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean
 
 def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
          experiment_name, test_log, log=print, write=True):
-    """Compute IS/FID, keep the best checkpoints, and log to logs/<exp>_log.jsonl.
+    """Compute --test_metrics, keep the best checkpoints, and log to logs/<exp>_log.jsonl.
 
+    Each jsonl line holds itr, every computed metric (IS_mean, IS_std and FID always, NaN
+    when not computed) and the protocol that produced them (metrics.Evaluation).
     write=False (ranks other than 0 of a multi-process run) takes part in the
     metrics and updates best_IS/best_FID, but writes nothing.
     Returns (IS_mean, IS_std, FID).
     """
     with standing_G(G, G_ema, z_, y_, config):
-        IS_mean, IS_std, FID = get_inception_metrics(sample, config['num_inception_images'],
-                                                     num_splits=10, prints=write)
-    IS_mean, IS_std, FID = float(IS_mean), float(IS_std), float(FID)
+        results = get_inception_metrics(sample, config['num_inception_images'],
+                                        num_splits=10, prints=write, as_dict=True)
+    IS_mean, IS_std, FID = (float(results.get(key, float('nan')))
+                            for key in ('IS_mean', 'IS_std', 'FID'))
     if write:
+        others = metrics.results_line({k: v for k, v in results.items()
+                                       if k not in ('IS_mean', 'IS_std', 'FID')})
         log(f"Itr {state_dict['itr']}: Inception Score is {IS_mean:3.3f} +/- {IS_std:3.3f}, "
-            f'FID is {FID:5.4f}')
+            f"FID is {FID:5.4f}{', ' + others if others else ''}")
         slot = update_best_copies(G, D, G_ema, state_dict, config, experiment_name, IS_mean,
-                                  FID)
+                                  FID, results)
         if slot is not None:
             log(f"{config['which_best']} is among the {config['num_best_copies']} best so far: "
                 f'saved as best{slot}')
@@ -348,5 +371,6 @@ def test(G, D, G_ema, z_, y_, state_dict, config, sample, get_inception_metrics,
     if math.isfinite(FID):
         state_dict['best_FID'] = min(float(state_dict['best_FID']), FID)
     if write:
-        test_log.log(itr=int(state_dict['itr']), IS_mean=IS_mean, IS_std=IS_std, FID=FID)
+        test_log.log(itr=int(state_dict['itr']),
+                     **{'IS_mean': IS_mean, 'IS_std': IS_std, 'FID': FID, **results})
     return IS_mean, IS_std, FID

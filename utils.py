@@ -221,8 +221,24 @@ def prepare_parser():
     arg('--num_best_copies', type=int, default=2,
         help='Best-so-far checkpoints to keep (default: %(default)s)')
     arg('--which_best', type=str, default='IS',
-        help='Metric that ranks "best" checkpoints: IS or FID (not with --no_fid); a NaN '
-             'result never ranks (default: %(default)s)')
+        help='Metric that ranks "best" checkpoints, one that --test_metrics computes: IS, '
+             'precision, recall, density or coverage (higher is better), FID, KID or iFID '
+             '(lower is better); FID not with --no_fid; a NaN result never ranks '
+             '(default: %(default)s)')
+    arg('--test_metrics', type=str, default='IS,FID',
+        help='Metrics computed every --test_every iterations (and by sample.py), from one '
+             'pass of Inception features: a comma-separated selection of IS, FID, KID, PR '
+             '(precision and recall), DC (density and coverage) and iFID (intra-class FID); '
+             'all but IS and FID need the real features in the moments file '
+             '(calculate_inception_moments.py --save_features) (default: %(default)s)')
+    arg('--kid_subsets', type=int, default=100,
+        help='KID: number of random subsets averaged (default: %(default)s)')
+    arg('--kid_subset_size', type=int, default=1000,
+        help='KID: samples per subset, from each side (default: %(default)s)')
+    arg('--metrics_chunk', type=int, default=2048,
+        help='KID, PR, DC: pairwise distances and kernels are computed in tiles of this '
+             'many rows and columns, bounding their memory at about 3 * chunk**2 * 8 bytes '
+             '(default: %(default)s)')
     arg('--no_fid', action='store_true', default=False,
         help='Compute IS only, not FID (FID is reported as NaN) (default: %(default)s)')
     arg('--test_every', type=int, default=5000,
@@ -440,11 +456,7 @@ def _check_flags(config):
         if not _attention_ok(config[flag]):
             errors.append(f"--{flag} {config[flag]}: give resolutions separated by '_', "
                           "e.g. 64 or 32_64, or 0 for none")
-    if config['which_best'] not in ('IS', 'FID'):
-        errors.append(f"--which_best {config['which_best']}: use IS or FID")
-    elif config['which_best'] == 'FID' and config['no_fid']:
-        errors.append('--which_best FID with --no_fid: FID is not computed, so it cannot rank '
-                      'the best copies; use --which_best IS, or drop --no_fid')
+    errors += _check_metric_flags(config)
     if config['which_train_fn'] not in ('GAN', 'dummy'):
         errors.append(f"--which_train_fn {config['which_train_fn']}: use GAN or dummy")
     for flag in ('batch_size', 'num_G_accumulations', 'num_D_accumulations', 'G_ch', 'D_ch',
@@ -476,6 +488,30 @@ def _check_flags(config):
             config['logstyle'] % 1.0
         except (TypeError, ValueError):
             errors.append(f"--logstyle {config['logstyle']}: give a printf format such as %3.3e")
+    return errors
+
+
+def _check_metric_flags(config):
+    """--test_metrics, --which_best, --kid_subsets, --kid_subset_size, --metrics_chunk."""
+    names, errors = metrics.check_metric_flags('--test_metrics', config['test_metrics'], config)
+    if names == ['FID'] and config['no_fid']:
+        errors.append('--test_metrics FID with --no_fid: nothing is left to compute; add IS '
+                      '(or other metrics) to --test_metrics, or drop --no_fid')
+    try:
+        key, _ = metrics.ranking(config['which_best'])
+    except ValueError as err:
+        errors.append(str(err))
+        key = None
+    computes = {name for name in names if not (name == 'FID' and config['no_fid'])}
+    if key == 'FID' and config['no_fid']:
+        errors.append('--which_best FID with --no_fid: FID is not computed, so it cannot rank '
+                      'the best copies; use --which_best IS, or drop --no_fid')
+    elif key is not None and names and not any(key in metrics.METRICS[name].keys
+                                               for name in computes):
+        owner = next(name for name, metric in metrics.METRICS.items() if key in metric.keys)
+        errors.append(f"--which_best {config['which_best']}: --test_metrics "
+                      f"{config['test_metrics']} does not compute it; add {owner} to "
+                      '--test_metrics, or rank by one it computes')
     return errors
 
 

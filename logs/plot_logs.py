@@ -8,7 +8,8 @@ experiment's log folder; the other half is looked for beside it. It reads the
 formats train.py writes:
 
 - `<name>_log.jsonl`: one JSON object per line with itr, IS_mean, IS_std, FID, _stamp
-  (FID absent or NaN with --no_fid);
+  (FID absent or NaN with --no_fid), and whatever else --test_metrics computed (KID_mean,
+  KID_std, precision, recall, density, coverage, iFID) with the protocol of the numbers;
 - `<name>/<metric>.log`: lines `"<itr>: <value>"` for the losses (G_loss,
   D_loss_real, D_loss_fake, ...) and the singular values (G_..._sv<k>, D_..._sv<k>);
   `metalog.txt` is ignored;
@@ -17,9 +18,11 @@ formats train.py writes:
   `metrics/<key>`, read with TensorBoard's event reader, which drops what a resumed
   run superseded), so the plots show what TensorBoard shows.
 
-Writes into --out: IS_FID.png (all experiments overlaid), and per experiment
-<name>_losses.png, <name>_G_svs.png, <name>_D_svs.png when it has such logs. Prints
-each experiment's best IS and best FID with their iterations. Replaces the
+Writes into --out: IS_FID.png (all experiments overlaid), more_metrics.png (one panel per
+other metric logged: KID, precision, recall, density, coverage, intra-class FID; all
+experiments overlaid) when any was logged, and per experiment <name>_losses.png,
+<name>_G_svs.png, <name>_D_svs.png when it has such logs. Prints each experiment's best IS
+and best FID, and the best of every other metric it logged, with their iterations. Replaces the
 original's MATLAB scripts (logs/process_training.m and friends).
 """
 import argparse
@@ -34,6 +37,11 @@ from dataclasses import dataclass, field
 SV_RE = re.compile(r'^([GD])_.+_sv\d+$')
 JSONL_SUFFIX = '_log.jsonl'
 TENSORBOARD_FOLDER = 'tensorboard'
+# The metrics beyond IS and FID: (key, key of its spread or None, title, lower is better).
+MORE_METRICS = (('KID_mean', 'KID_std', 'KID', True),
+                ('precision', None, 'precision', False), ('recall', None, 'recall', False),
+                ('density', None, 'density', False), ('coverage', None, 'coverage', False),
+                ('iFID', None, 'intra-class FID', True))
 
 
 @dataclass
@@ -243,6 +251,39 @@ def plot_metrics(experiments, path):
     plt.close(fig)
 
 
+def logged_more_metrics(experiments):
+    """The rows of MORE_METRICS that some experiment logged a finite value of."""
+    return [row for row in MORE_METRICS
+            if any(_finite(r.get(row[0])) for exp in experiments for r in exp.rows)]
+
+
+def plot_more_metrics(experiments, path):
+    """One panel per metric beyond IS/FID that was logged (KID with its std as a band),
+    against iteration, every experiment overlaid."""
+    plt = _pyplot()
+    shown = logged_more_metrics(experiments)
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4.5), squeeze=False)
+    for ax, (key, spread, title, lower) in zip(axes[0], shown):
+        for exp in experiments:
+            rows = [r for r in exp.rows if _finite(r.get(key))]
+            if not rows:
+                continue
+            itrs, values = [r['itr'] for r in rows], [r[key] for r in rows]
+            line, = ax.plot(itrs, values, marker='.', label=exp.name)
+            if spread:
+                std = [r[spread] if _finite(r.get(spread)) else 0.0 for r in rows]
+                ax.fill_between(itrs, [v - s for v, s in zip(values, std)],
+                                [v + s for v, s in zip(values, std)], color=line.get_color(),
+                                alpha=0.2)
+        ax.set(title=f"{title} ({'lower' if lower else 'higher'} is better)",
+               xlabel='iteration', ylabel=title)
+        ax.legend(fontsize='small')
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_losses(exp, path, smooth):
     """One panel per loss metric: the raw series faint, its moving average on top."""
     plt = _pyplot()
@@ -316,6 +357,10 @@ def summary_line(exp):
         found = best(exp.rows, key, lower)
         parts.append(f'best {label} {found[0]:.3f} at itr {found[1]}' if found
                      else f'best {label} n/a (not logged)')
+    for key, _, title, lower in MORE_METRICS:
+        found = best(exp.rows, key, lower)
+        if found:
+            parts.append(f'best {title} {found[0]:.4g} at itr {found[1]}')
     return f"{exp.name}: {'; '.join(parts)}"
 
 
@@ -398,6 +443,9 @@ def main(argv=None):
     if any(exp.rows for exp in experiments):
         written.append(os.path.join(args.out, 'IS_FID.png'))
         plot_metrics([exp for exp in experiments if exp.rows], written[-1])
+    if logged_more_metrics(experiments):
+        written.append(os.path.join(args.out, 'more_metrics.png'))
+        plot_more_metrics([exp for exp in experiments if exp.rows], written[-1])
     for exp in experiments:
         if exp.losses:
             written.append(os.path.join(args.out, f'{exp.name}_losses.png'))

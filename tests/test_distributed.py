@@ -83,6 +83,7 @@ class _FakeInception(nn.Module):
 
 
 METRIC_IMAGES, METRIC_BATCH = 23, 5  # 23 = 2 full rounds of 2 x 5, then 3 of rank 0's 5
+ALL_METRICS = 'IS,FID,KID,PR,DC,iFID'
 
 
 def _gloo_worker(rank, world_size, port, run_port, out_dir, data_root):
@@ -123,6 +124,20 @@ def _gloo_worker(rank, world_size, port, run_port, out_dir, data_root):
         gen.manual_seed(200 + rank)
         results['metric_batches_start'] = len(batches)
         results['metrics'] = get_metrics(sample, METRIC_IMAGES, num_splits=2)
+        # Every metric, from features and labels gathered once (the file holds real features).
+        all_config = {**config, 'test_metrics': ALL_METRICS, 'kid_subsets': 3,
+                      'kid_subset_size': 8, 'metrics_chunk': 5}
+        get_all = distributed.prepare_inception_metrics(all_config, ctx, log=lambda m: None)
+        labelled = []
+        gen.manual_seed(300 + rank)
+
+        def sample_labelled():
+            labelled.append((torch.randn(METRIC_BATCH, 3, 4, 4, generator=gen),
+                             torch.randint(0, 2, (METRIC_BATCH,), generator=gen)))
+            return labelled[-1]
+        results['all_metrics'] = json.dumps(get_all(sample_labelled, METRIC_IMAGES,
+                                                    num_splits=2, as_dict=True))
+        results['labelled_batches'] = labelled
         said = []
         missing = {**config, 'data_root': os.path.join(data_root, 'nowhere')}
         results['missing'] = distributed.prepare_inception_metrics(missing, ctx, said.append)
@@ -166,7 +181,8 @@ def gloo_results(tmp_path_factory):
     a = torch.randn(16, 16, generator=g, dtype=torch.float64)
     np.savez(data_root / 'Digits32_inception_moments.npz',
              mu=torch.rand(16, generator=g, dtype=torch.float64).numpy(),
-             sigma=(a @ a.T / 16 + torch.eye(16, dtype=torch.float64)).numpy())
+             sigma=(a @ a.T / 16 + torch.eye(16, dtype=torch.float64)).numpy(),
+             features=torch.rand(30, 16, generator=g).numpy(), labels=np.arange(30) % 2)
     (data_root / 'corrupt').mkdir()
     (data_root / 'corrupt' / 'Digits32_inception_moments.npz').write_bytes(b'not an npz')
     ports = _free_port(), _free_port()
@@ -232,6 +248,34 @@ def test_metrics_from_all_ranks_equal_one_process_metrics_on_the_same_images(
     for r in gloo_results:  # every rank returns rank 0's numbers
         assert r['metrics'] == pytest.approx(expected, rel=1e-6)
     assert all(math.isfinite(v) for v in expected)
+
+
+@pytest.mark.filterwarnings('ignore:intra-class FID from as few')
+@pytest.mark.filterwarnings('ignore:moments from')
+def test_every_metric_from_all_ranks_equals_one_process_on_the_same_images(
+        gloo_results, monkeypatch):
+    monkeypatch.setattr(inception_utils, 'POOL_DIM', 16)
+    monkeypatch.setattr(inception_utils, 'load_inception_net',
+                        lambda *args, **kwargs: _FakeInception())
+    rounds = zip(*(r['labelled_batches'] for r in gloo_results))
+    ordered = iter([batch for rnd in rounds for batch in rnd])
+    get_metrics = inception_utils.prepare_inception_metrics(
+        'Digits32', False, data_root=str(gloo_results[0]['data_root']),
+        test_metrics=ALL_METRICS, options={'kid_subsets': 3, 'kid_subset_size': 8,
+                                           'chunk_size': 5})
+    expected = get_metrics(lambda: next(ordered), METRIC_IMAGES, num_splits=2, prints=False,
+                           as_dict=True)
+    expected = json.loads(json.dumps(expected))  # as the ranks stored it
+    assert {key for key in expected if key != 'protocol'} == {
+        'IS_mean', 'IS_std', 'FID', 'KID_mean', 'KID_std', 'KID_subset_size', 'KID_subsets',
+        'precision', 'recall', 'density', 'coverage', 'iFID', 'iFID_per_class'}
+    sampling = ('truncation', 'z_var', 'use_ema', 'G_eval_mode')  # train.py's config's
+    for r in gloo_results:  # every rank returns rank 0's numbers: those of one process
+        got = json.loads(r['all_metrics'])
+        assert [got['protocol'].pop(key) for key in sampling] == [0.0, 1.0, False, False]
+        assert got == expected
+    assert expected['protocol']['num_generated'] == METRIC_IMAGES
+    assert expected['protocol']['num_real'] == 30
 
 
 def test_metrics_are_off_on_every_rank_when_the_moments_are_missing(gloo_results):

@@ -515,7 +515,10 @@ def test_calculate_inception_moments_cli_writes_the_npz(tmp_path, weights, refer
     assert calls[0]['dataset'] == 'C10' and calls[0]['data_root'] == str(tmp_path)
     pool, _ = reference_outputs
     with np.load(tmp_path / 'C10_inception_moments_tf.npz') as data:
-        assert sorted(data.files) == ['mu', 'sigma']
+        # The moments, and how they were made (for the protocol of every metric against them).
+        assert sorted(data.files) == ['mu', 'network', 'num_images', 'sigma', 'split']
+        assert (int(data['num_images']), str(data['split']), str(data['network'])) == (
+            4, 'train', 'tf')
         np.testing.assert_allclose(data['mu'], pool.mean(0), rtol=1e-5, atol=1e-6)
         assert data['sigma'].shape == (2048, 2048) and data['sigma'].dtype == np.float64
     assert 'Training data from dataset C10 has IS of' in capsys.readouterr().out

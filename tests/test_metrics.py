@@ -211,6 +211,22 @@ def test_pairwise_matrices_never_exceed_the_chunk_size(monkeypatch):
     assert sum(a * b for a, b in shapes) == unordered_pairs(300) + unordered_pairs(250) + 300 * 250
 
 
+def test_kid_kernel_tiles_never_exceed_the_chunk_size(monkeypatch, real, fake):
+    shapes = []
+    cube_sum = metrics._kernel_cube_sum
+    monkeypatch.setattr(metrics, '_kernel_cube_sum',
+                        lambda g, *a, **k: shapes.append(g.shape) or cube_sum(g, *a, **k))
+    expected = metrics.kid(real, fake, 2, 150)
+    shapes.clear()
+    assert metrics.kid(real, fake, 2, 150, chunk_size=64) == pytest.approx(expected, rel=1e-12)
+    assert max(max(shape) for shape in shapes) == 64
+    # Per subset: 150 x 150 products from each side alone (tiles on and above the diagonal)
+    # and across.
+    sizes = [64, 64, 22]
+    same = sum(a * b for i, a in enumerate(sizes) for b in sizes[i:])
+    assert sum(a * b for a, b in shapes) == 2 * (2 * same + 150 * 150)
+
+
 def test_torch_and_numpy_and_float32_inputs_give_the_same_numbers(real, fake):
     expected = metrics.manifold_metrics(real, fake)
     assert metrics.manifold_metrics(torch.from_numpy(real), torch.from_numpy(fake)) == expected

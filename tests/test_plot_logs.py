@@ -117,6 +117,36 @@ def test_plots_and_summary(tmp_path):
     assert (proc.stdout + proc.stderr).count('runC_log.jsonl') == 1
 
 
+def test_metrics_beyond_is_and_fid_are_plotted_and_summarised(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = _rows(4)
+    for row in rows:
+        row.update(KID_mean=float(rng.uniform(0.01, 0.1)), KID_std=0.001,
+                   precision=float(rng.uniform()), recall=float(rng.uniform()),
+                   iFID=float(rng.uniform(30, 90)), iFID_per_class={'0': 1.0},
+                   protocol={'network': 'tf', 'num_generated': 50000})
+    rows[2]['KID_mean'] = math.nan
+    _write_run(tmp_path, 'runK', rows, folder=False)
+    out = tmp_path / 'plots'
+    proc = _run(tmp_path / 'runK_log.jsonl', '--out', out)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in out.iterdir()} == {'IS_FID.png', 'more_metrics.png'}
+    _assert_png(out / 'more_metrics.png')
+    line = next(line for line in proc.stdout.splitlines() if line.startswith('runK:'))
+    for key, title, lower in (('KID_mean', 'KID', True), ('precision', 'precision', False),
+                              ('recall', 'recall', False), ('iFID', 'intra-class FID', True)):
+        value, itr = _best(rows, key, lower)
+        match = re.search(rf'best {title} ([\d.e+-]+) at itr (\d+)', line)
+        assert match, line
+        assert float(match.group(1)) == pytest.approx(value, rel=1e-3)
+        assert int(match.group(2)) == itr
+    assert 'density' not in line and 'coverage' not in line  # not logged, not claimed
+    plot_logs = _plot_logs()
+    exp = plot_logs.load(plot_logs.Experiment('runK', str(tmp_path / 'runK_log.jsonl')))
+    assert [row[0] for row in plot_logs.logged_more_metrics([exp])] == [
+        'KID_mean', 'precision', 'recall', 'iFID']
+
+
 def test_missing_experiment_names_the_paths(tmp_path):
     proc = _run('nope', '--logs_root', tmp_path, '--out', tmp_path / 'plots')
     assert proc.returncode == 2

@@ -51,8 +51,9 @@ def test_every_sampling_output_is_written(trained):
         '--sample_inception_metrics', '--sample_trunc_curves', '0.5_0.25_1.0',
         '--num_inception_images', '12', '--inception_network', 'tf',
         '--inception_weights', str(weights), '--G_batch_size', '6')
+    said = []
     with pytest.warns(UserWarning, match='FID is biased'):  # 12 samples of 2048-d features
-        results = sample.run(config, log=lambda m: None)
+        results = sample.run(config, log=said.append)
     out = root / 'samples' / 'exp' / 'sample_7'
     with np.load(out / 'samples.npz') as f:
         x, y = f['x'], f['y']
@@ -68,6 +69,21 @@ def test_every_sampling_output_is_written(trained):
     assert [(p['mode'], round(p['z_var'], 3)) for p in curve] == [('std', 0.5), ('std', 0.75),
                                                                     ('std', 1.0)]
     assert all(np.isfinite(p['FID']) for p in curve)
+    # Each number travels with its protocol, in the results and in what is printed.
+    import metrics as metrics_module
+    moments = inception_utils.moments_filename('Digits32', str(root / 'data'), 'tf')
+    protocol = metrics['protocol']
+    assert {k: protocol[k] for k in ('metrics', 'network', 'resize', 'num_generated',
+                                     'reference', 'use_ema', 'G_eval_mode', 'truncation')} == {
+        'metrics': 'IS,FID', 'network': 'tf', 'resize': 'tf1_resize_bilinear_299',
+        'num_generated': 12, 'reference': moments, 'use_ema': True, 'G_eval_mode': True,
+        'truncation': 0.0}
+    assert protocol['reference_sha256'] == metrics_module.file_hash(moments)
+    assert [p['protocol']['z_var'] for p in curve] == [p['z_var'] for p in curve]
+    printed = [line for line in said if '12 images, batch' in line]
+    assert len(printed) == 4 and all(
+        f"sha256 {protocol['reference_sha256'][:16]}" in line and 'tf Inception' in line
+        for line in printed)
 
 
 def test_use_ema_loads_G_ema_and_eval_mode_is_deterministic(trained):

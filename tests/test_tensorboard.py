@@ -23,9 +23,12 @@ def _fake_metrics(config, log, ctx=None):
     """IS/FID stand-ins (no Inception weights here): each call of a run gives new values."""
     calls = []
 
-    def get_metrics(sample, num_images, num_splits=10, prints=True):
+    def get_metrics(sample, num_images, num_splits=10, prints=True, as_dict=False):
         calls.append(None)
-        return 2.0 + 0.25 * len(calls), 0.125, 80.0 - 3.5 * len(calls)
+        IS_mean, IS_std, FID = 2.0 + 0.25 * len(calls), 0.125, 80.0 - 3.5 * len(calls)
+        if as_dict:
+            return {'IS_mean': IS_mean, 'IS_std': IS_std, 'FID': FID}
+        return IS_mean, IS_std, FID
     return get_metrics
 
 
