@@ -143,7 +143,7 @@ def test_ties_and_duplicates_follow_each_papers_rule():
 
 
 def test_kid_equals_the_definition(real, fake):
-    result = metrics.kid(real, fake, num_subsets=3, subset_size=40, seed=5)
+    result = metrics.kid(real, fake, num_subsets=3, subset_size=40, seed=5, dtype=torch.float64)
     mean, std = _kid_definition(real, fake, 3, 40, 5)
     assert abs(result['KID_mean'] - mean) < TOL and abs(result['KID_std'] - std) < TOL
     assert result['KID_subset_size'] == 40 and result['KID_subsets'] == 3
@@ -231,22 +231,37 @@ def test_torch_and_numpy_and_float32_inputs_give_the_same_numbers(real, fake):
     expected = metrics.manifold_metrics(real, fake)
     assert metrics.manifold_metrics(torch.from_numpy(real), torch.from_numpy(fake)) == expected
     real32, fake32 = real.astype(np.float32), fake.astype(np.float32)
-    # float32 features are computed in float64: the same as their float64 copies
+    # float32 features give the same numbers as their float64 copies
     assert (metrics.kid(real32, fake32, 2, 50)
             == metrics.kid(real32.astype(np.float64), fake32.astype(np.float64), 2, 50))
     # dtype=float32 products (sums still float64): the same metrics to float32 rounding
     fast = metrics.kid(real, fake, 2, 50, dtype=torch.float32)
-    assert fast['KID_mean'] == pytest.approx(metrics.kid(real, fake, 2, 50)['KID_mean'],
-                                             rel=1e-5)
+    exact = metrics.kid(real, fake, 2, 50, dtype=torch.float64)
+    assert fast['KID_mean'] == pytest.approx(exact['KID_mean'], rel=1e-5)
     assert metrics.manifold_metrics(real, fake, dtype=torch.float32) == expected
 
 
 # ---------------------------------------------------------------------------
 # Against the reference packages
 # ---------------------------------------------------------------------------
+def test_kid_default_float32_is_far_closer_to_float64_than_torch_fidelity():
+    # Inception-like features (non-negative, one distribution): KID is a small difference of
+    # large kernel sums, where float32 sums lose digits; ours keeps them in float64
+    rng = np.random.default_rng(3)
+    real, fake = (np.abs(rng.standard_normal((400, 256))).astype(np.float32) for _ in range(2))
+    exact = metrics.kid(real, fake, 4, 200, dtype=torch.float64)['KID_mean']
+    ours = metrics.kid(real, fake, 4, 200)['KID_mean']
+    theirs = kid_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real),
+                                    kid_subsets=4, kid_subset_size=200,
+                                    verbose=False)['kernel_inception_distance_mean']
+    assert abs(ours - exact) < 1e-4 * abs(exact)
+    assert abs(ours - exact) < abs(theirs - exact) / 10
+
+
 @pytest.mark.parametrize('subset_size, seed', [(50, 2020), (100, 0), (180, 7)])
 def test_kid_equals_torch_fidelity(real, fake, subset_size, seed):
-    ours = metrics.kid(real, fake, num_subsets=5, subset_size=subset_size, seed=seed)
+    ours = metrics.kid(real, fake, num_subsets=5, subset_size=subset_size, seed=seed,
+                       dtype=torch.float64)
     theirs = kid_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real),
                                     kid_subsets=5, kid_subset_size=subset_size, rng_seed=seed,
                                     verbose=False)
