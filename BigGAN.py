@@ -283,7 +283,10 @@ class G_D(nn.Module):
     forward(z, gy, x=None, dy=None): z (N, dim_z), gy (N,) classes for G; x, dy
     optional real images and classes. Returns D_out, or (D_fake, D_real) when x
     is given, or (D_out, G_z) with return_G_z. split_D runs D separately on
-    fake and real batches instead of on their concatenation.
+    fake and real batches instead of on their concatenation. augment: None, or a
+    callable G_z (N, 3, H, W) -> (k * N, 3, H, W), the fake images D sees (k
+    views of the batch, each with the classes gy, e.g. augmented copies); the
+    caller prepares the real images the same way. G_z stays the un-augmented batch.
     """
 
     def __init__(self, G, D):
@@ -292,17 +295,27 @@ class G_D(nn.Module):
         self.D = D
 
     def forward(self, z, gy, x=None, dy=None, train_G=False, return_G_z=False,
-                split_D=False):
+                split_D=False, augment=None):
         with torch.set_grad_enabled(train_G):
             G_z = self.G(z, self.G.shared(gy))
+        fake, fy = fakes_for_D(G_z, gy, augment)
         if split_D:
-            D_fake = self.D(G_z, gy)
+            D_fake = self.D(fake, fy)
             if x is not None:
                 return D_fake, self.D(x, dy)
             return (D_fake, G_z) if return_G_z else D_fake
-        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
-        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
+        D_input = torch.cat([fake, x], 0) if x is not None else fake
+        D_class = torch.cat([fy, dy], 0) if dy is not None else fy
         D_out = self.D(D_input, D_class)
         if x is not None:
-            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
+            return torch.split(D_out, [fake.shape[0], x.shape[0]])
         return (D_out, G_z) if return_G_z else D_out
+
+
+def fakes_for_D(G_z, gy, augment=None):
+    """(images, classes) D sees of the fakes G_z (N, 3, H, W), gy (N,): G_z itself, or the
+    k * N images of augment(G_z) with gy repeated k times."""
+    if augment is None:
+        return G_z, gy
+    fake = augment(G_z)
+    return fake, gy.repeat(fake.shape[0] // G_z.shape[0])

@@ -26,6 +26,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import BigGAN
+
 
 @dataclasses.dataclass
 class Context:
@@ -207,8 +209,9 @@ class DistributedG_D(nn.Module):
         return (self.G_ddp if train_G else self.D_ddp).no_sync()
 
     def forward(self, z, gy, x=None, dy=None, train_G=False, return_G_z=False,
-                split_D=False):
-        """As G_D.forward: z (N, dim_z), gy (N,); x, dy optional real images and classes."""
+                split_D=False, augment=None):
+        """As G_D.forward: z (N, dim_z), gy (N,); x, dy optional real images and classes;
+        augment the fakes' views for D (G_D's docstring)."""
         if train_G:
             G_z = self.G_ddp(z, gy)
             D = self.D
@@ -216,16 +219,17 @@ class DistributedG_D(nn.Module):
             with torch.no_grad():
                 G_z = self.G(z, self.G.shared(gy))
             D = self.D_ddp
+        fake, fy = BigGAN.fakes_for_D(G_z, gy, augment)
         if split_D:
             if x is not None:
-                return D(G_z, gy, x, dy) if D is self.D_ddp else (D(G_z, gy), D(x, dy))
-            D_fake = D(G_z, gy)
+                return D(fake, fy, x, dy) if D is self.D_ddp else (D(fake, fy), D(x, dy))
+            D_fake = D(fake, fy)
             return (D_fake, G_z) if return_G_z else D_fake
-        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
-        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
+        D_input = torch.cat([fake, x], 0) if x is not None else fake
+        D_class = torch.cat([fy, dy], 0) if dy is not None else fy
         D_out = D(D_input, D_class)
         if x is not None:
-            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
+            return torch.split(D_out, [fake.shape[0], x.shape[0]])
         return (D_out, G_z) if return_G_z else D_out
 
 

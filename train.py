@@ -49,7 +49,7 @@ def _quiet(message):
 
 # The losses come first, so that a narrow terminal trims the timing, never the losses.
 BAR_FORMAT = '{desc}{postfix} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]'
-_SHORT_LOSS_NAMES = {'G_loss': 'G', 'D_loss_real': 'Dr', 'D_loss_fake': 'Df'}
+_SHORT_LOSS_NAMES = {'G_loss': 'G', 'D_loss_real': 'Dr', 'D_loss_fake': 'Df', 'ADA_p': 'p'}
 
 
 def progress_bar(total, initial, experiment_name, disable=False, **kwargs):
@@ -161,6 +161,8 @@ def _train(config, ctx, log):
     state_dict = {'itr': 0, 'epoch': 0, 'save_num': 0, 'save_best_num': 0,
                   'best_IS': 0.0, 'best_FID': 999999.0, 'best_copies': [], 'rng': None,
                   'config': config}
+    # Small data: ADA's p and statistics, LeCam's anchors (train_fns.SmallData fills them).
+    state_dict.update(ADA=None, LeCam=None)
     if config['amp'] == 'fp16':
         # The scales and growth trackers, as plain numbers, for an exact resume.
         state_dict['grad_scalers'] = None

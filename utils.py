@@ -280,7 +280,50 @@ def prepare_parser():
     arg('--sv_log_interval', type=int, default=10,
         help='Iterations between logs of the singular values (num_G_SVs/num_D_SVs per SN '
              'layer) of G and D; 0 for none (default: %(default)s)')
+    _add_small_data_flags(arg)
     return parser
+
+
+def _add_small_data_flags(arg):
+    """Training on small datasets (augment.py; README, "Small datasets")."""
+    arg('--data_subset', type=float, default=0,
+        help='Train on a class-balanced subset of the training set: a number of images, or a '
+             'fraction below 1; chosen by --seed, the same in every process and on resume; '
+             '0 for all of it (default: %(default)s)')
+    arg('--DiffAugment', type=str, default='',
+        help='DiffAugment policy applied to every image D sees: a comma-separated subset of '
+             "color,translation,cutout; '' for none (default: '%(default)s')")
+    arg('--ADA_target', type=float, default=0.0,
+        help="ADA: target of r_t = E[sign(D(x_real))] that adapts the augmentation "
+             'probability p (stylegan2-ada: 0.6); 0 turns ADA off (default: %(default)s)')
+    arg('--ADA_interval', type=int, default=4,
+        help='ADA: D steps between adjustments of p (default: %(default)s)')
+    arg('--ADA_kimg', type=float, default=500,
+        help='ADA: thousands of real images in which p can go from 0 to 1 at the fastest '
+             '(default: %(default)s)')
+    arg('--ADA_policy', type=str, default='bgc',
+        help="ADA's augmentations: groups b (blit), g (geometry), c (colour), e.g. bgc, or "
+             'op names such as xflip,rotate90 (default: %(default)s)')
+    arg('--LeCam_lambda', type=float, default=0.0,
+        help="Weight of the LeCam regulariser on D's loss; 0 turns it off "
+             '(default: %(default)s)')
+    arg('--LeCam_decay', type=float, default=0.99,
+        help="Decay of the EMA anchors of D's mean real and fake outputs (LeCam) "
+             '(default: %(default)s)')
+    arg('--bCR_real', type=float, default=0.0,
+        help="Balanced consistency regularisation: weight of ||D(x) - D(T(x))||^2 on reals, "
+             'T a random flip and translation (the paper: 10); 0 for off (default: %(default)s)')
+    arg('--bCR_fake', type=float, default=0.0,
+        help='Balanced consistency regularisation: the same on fakes (the paper: 10); 0 for '
+             'off (default: %(default)s)')
+    arg('--zCR_D', type=float, default=0.0,
+        help="Latent consistency regularisation: weight of ||D(G(z)) - D(G(z + dz))||^2 on "
+             "D's loss (the paper: 5); 0 for off (default: %(default)s)")
+    arg('--zCR_G', type=float, default=0.0,
+        help="Latent consistency regularisation: weight of -||G(z) - G(z + dz)||^2 on G's "
+             'loss (the paper: 0.5); 0 for off (default: %(default)s)')
+    arg('--zCR_sigma', type=float, default=0.03,
+        help='Standard deviation of the latent perturbation dz of zCR (default: %(default)s)')
 
 
 def add_sample_parser(parser):
@@ -429,11 +472,44 @@ def _check_flags(config):
         errors.append(f"--seed {config['seed']}: must lie in [0, 2**32) (numpy's seed range)")
     if not 0.0 <= config['ema_decay'] <= 1.0:
         errors.append(f"--ema_decay {config['ema_decay']}: must lie in [0, 1]")
+    errors += _check_small_data_flags(config)
     if config['logstyle'] not in ('pickle', 'mat', 'npz'):
         try:
             config['logstyle'] % 1.0
         except (TypeError, ValueError):
             errors.append(f"--logstyle {config['logstyle']}: give a printf format such as %3.3e")
+    return errors
+
+
+def _check_small_data_flags(config):
+    """Errors in the small-data flags (absent keys, as in older saved configs, are off)."""
+    import augment
+    errors = []
+    subset = config.get('data_subset', 0)
+    if subset < 0 or (subset >= 1 and subset != int(subset)):
+        errors.append(f'--data_subset {subset:g}: give a number of images (a whole number), a '
+                      'fraction of the training set between 0 and 1, or 0 for all of it')
+    for flag, check in (('DiffAugment', augment.diffaugment_policy),
+                        ('ADA_policy', augment.ada_policy)):
+        try:
+            check(config.get(flag, ''))
+        except ValueError as err:
+            errors.append(str(err))
+    target = config.get('ADA_target', 0.0)
+    if not 0.0 <= target <= 1.0:
+        errors.append(f'--ADA_target {target:g}: must lie in [0, 1] (r_t = E[sign(D(x_real))] '
+                      'is at most 1; stylegan2-ada uses 0.6; 0 turns ADA off)')
+    if config.get('ADA_interval', 4) < 1:
+        errors.append(f"--ADA_interval {config['ADA_interval']}: must be at least 1")
+    if not config.get('ADA_kimg', 500) > 0:
+        errors.append(f"--ADA_kimg {config['ADA_kimg']:g}: must be positive")
+    if not 0.0 <= config.get('LeCam_decay', 0.99) <= 1.0:
+        errors.append(f"--LeCam_decay {config['LeCam_decay']:g}: must lie in [0, 1]")
+    for flag in ('LeCam_lambda', 'bCR_real', 'bCR_fake', 'zCR_D', 'zCR_G'):
+        if config.get(flag, 0.0) < 0:
+            errors.append(f'--{flag} {config[flag]:g}: must not be negative (0 turns it off)')
+    if not config.get('zCR_sigma', 0.03) > 0:
+        errors.append(f"--zCR_sigma {config['zCR_sigma']:g}: must be positive")
     return errors
 
 
@@ -671,10 +747,37 @@ def name_from_config(config):
         'Gshared' if c['G_shared'] else None,
         'hier' if c['hier'] else None,
         'ema' if c['ema'] else None,
+        *_small_data_name_items(c),
         c['name_suffix'] if c['name_suffix'] else None,
     ]
     name = '_'.join(item for item in items if item is not None)
     return hashname(name) if c['hashname'] else name
+
+
+def _small_data_name_items(c):
+    """Name parts of the small-data flags that are on (none for the original's flags)."""
+    items = []
+    if c.get('data_subset'):
+        items.append(f"sub{c['data_subset']:g}")
+    if c.get('DiffAugment'):
+        items.append('DiffAug-' + '-'.join(c['DiffAugment'].replace(' ', '').split(',')))
+    if c.get('ADA_target'):
+        items.append(f"ADA{c['ADA_target']:g}-{c['ADA_policy']}")
+        if c['ADA_interval'] != 4:
+            items.append(f"ADAi{c['ADA_interval']}")
+        if c['ADA_kimg'] != 500:
+            items.append(f"ADAk{c['ADA_kimg']:g}")
+    if c.get('LeCam_lambda'):
+        items.append(f"LeCam{c['LeCam_lambda']:g}")
+        if c['LeCam_decay'] != 0.99:
+            items.append(f"LeCamd{c['LeCam_decay']:g}")
+    if c.get('bCR_real') or c.get('bCR_fake'):
+        items.append(f"bCR{c['bCR_real']:g}-{c['bCR_fake']:g}")
+    if c.get('zCR_D') or c.get('zCR_G'):
+        items.append(f"zCR{c['zCR_D']:g}-{c['zCR_G']:g}")
+        if c['zCR_sigma'] != 0.03:
+            items.append(f"zCRs{c['zCR_sigma']:g}")
+    return items
 
 
 _HASH_WORDS = (
@@ -1272,13 +1375,19 @@ _OPTIONAL_STATE_CHECKS = {
         'a list of best-copy records'),
     'grad_scalers': (lambda v: v is None or (isinstance(v, dict) and {'G', 'D'} <= set(v)),
                      'GradScaler states'),
+    'ADA': (lambda v: v is None or (isinstance(v, dict)
+                                    and {'p', 'rt', 'sign_sum', 'count', 'steps'} <= set(v)),
+            "ADA's state"),
+    'LeCam': (lambda v: v is None or (isinstance(v, dict) and {
+        'anchor_real', 'anchor_fake', 'num_updates'} <= set(v)), "LeCam's anchors"),
 }
 
 
 def check_training_state(state, path):
     """Refuse (CheckpointError naming `path`) a state_dict.pth without the training state's
     keys and types: itr, epoch, save_num, save_best_num ints; best_IS, best_FID numbers;
-    config a dict (plus, when present, this code's rng, best_copies, grad_scalers)."""
+    config a dict (plus, when present, this code's rng, best_copies, grad_scalers, ADA,
+    LeCam)."""
     if not isinstance(state, dict):
         raise CheckpointError(
             f'{path}: holds a {type(state).__name__}, not the training state (a dict with '

@@ -10,11 +10,12 @@ formats train.py writes:
 - `<name>_log.jsonl`: one JSON object per line with itr, IS_mean, IS_std, FID, _stamp
   (FID absent or NaN with --no_fid);
 - `<name>/<metric>.log`: lines `"<itr>: <value>"` for the losses (G_loss,
-  D_loss_real, D_loss_fake, ...) and the singular values (G_..._sv<k>, D_..._sv<k>);
-  `metalog.txt` is ignored.
+  D_loss_real, D_loss_fake, ...), ADA's augmentation probability (ADA_p) and the
+  singular values (G_..._sv<k>, D_..._sv<k>); `metalog.txt` is ignored.
 
 Writes into --out: IS_FID.png (all experiments overlaid), and per experiment
-<name>_losses.png, <name>_G_svs.png, <name>_D_svs.png when it has such logs. Prints
+<name>_losses.png, <name>_ADA_p.png, <name>_G_svs.png, <name>_D_svs.png when it
+has such logs. Prints
 each experiment's best IS and best FID with their iterations. Replaces the
 original's MATLAB scripts (logs/process_training.m and friends).
 """
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 SV_RE = re.compile(r'^([GD])_.+_sv\d+$')
 JSONL_SUFFIX = '_log.jsonl'
+ADA_P = 'ADA_p'
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Experiment:
     wanted_jsonl: str = ''                          # where the metric log was looked for
     rows: list = field(default_factory=list)        # dicts from the jsonl, sorted by itr
     losses: dict = field(default_factory=dict)      # metric -> (itrs, values)
+    ada_p: tuple | None = None                      # (itrs, values) of ADA's p
     svs: dict = field(default_factory=dict)         # 'G' / 'D' -> {metric: (itrs, values)}
     notes: list = field(default_factory=list)
 
@@ -119,7 +122,9 @@ def load(experiment):
             if not series[0]:
                 continue
             match = SV_RE.match(metric)
-            if match:
+            if metric == ADA_P:
+                experiment.ada_p = series
+            elif match:
                 experiment.svs.setdefault(match.group(1), {})[metric] = series
             else:
                 experiment.losses[metric] = series
@@ -205,6 +210,20 @@ def plot_losses(exp, path, smooth):
         ax.set(title=f'{exp.name}: {name}', xlabel='iteration')
         ax.legend(fontsize='small', loc='upper right')
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_ada_p(exp, path):
+    """ADA's augmentation probability p against iteration (as logged, unsmoothed)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    itrs, values = exp.ada_p
+    ax.plot(itrs, values, linewidth=1.2)
+    ax.set(title=f'{exp.name}: ADA augmentation probability p', xlabel='iteration',
+           ylabel='p', ylim=(-0.02, max(1.02 * max(values), 0.1)))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -325,7 +344,7 @@ def main(argv=None):
         if exp.folder is None:
             exp.notes.append(f'{exp.name}: no log folder {exp.name}/; losses and singular '
                              'values not plotted')
-        elif not exp.losses and not exp.svs:
+        elif not exp.losses and not exp.svs and exp.ada_p is None:
             exp.notes.append(f'{exp.name}: {exp.folder} holds no <metric>.log files')
         for note in exp.notes:
             print(f'note: {note}', file=sys.stderr)
@@ -343,6 +362,9 @@ def main(argv=None):
         if exp.losses:
             written.append(os.path.join(args.out, f'{exp.name}_losses.png'))
             plot_losses(exp, written[-1], args.smooth)
+        if exp.ada_p is not None:
+            written.append(os.path.join(args.out, f'{exp.name}_ADA_p.png'))
+            plot_ada_p(exp, written[-1])
         for net in ('G', 'D'):
             if exp.svs.get(net):
                 written.append(os.path.join(args.out, f'{exp.name}_{net}_svs.png'))
