@@ -279,12 +279,15 @@ class SmallData:
         return params
 
     def apply(self, x, params):
-        """x: (n, 3, H, W) augmented with draw()'s params: DiffAugment, then ADA's pipeline."""
+        """x: (n, 3, H, W) augmented with draw()'s params: DiffAugment, then ADA's pipeline.
+        A channels-last x gives a channels-last result (what D's weights are in)."""
+        channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                         and not x.is_contiguous())
         if 'DiffAugment' in params:
             x = aug.DiffAugment(x, self.policy, params=params['DiffAugment'])
         if 'ADA' in params:
             x = self.pipe.apply(x, params['ADA'])
-        return x
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def augment(self, x):
         """x: (n, 3, H, W) with freshly drawn augmentation parameters."""

@@ -3,7 +3,7 @@
 # the settings of the DiffAugment paper's BigGAN CIFAR script (DiffAugment-biggan-cifar10-0.1.sh
 # in mit-han-lab/data-efficient-gans: launch_cifar_ema.sh's flags, DiffAugment
 # translation,cutout, 5000 epochs, FID on 10k samples ranking the best copies, a FID every 4000
-# iterations). Its --mirror_augment (random x-flips of the reals) has no exact twin here (our
+# iterations). Its mirror_augment flag (random x-flips of the reals) has no exact twin here (our
 # --augment also crops): left out. README, "Small datasets".
 python train.py \
 --DiffAugment translation,cutout --data_subset 5000 \

@@ -172,3 +172,15 @@ def test_small_data_flags_enter_the_experiment_name():
 def test_bad_small_data_flags_are_refused_naming_the_flag(argv, message):
     with pytest.raises(utils.ConfigError, match=message.replace('-', r'\-')):
         tiny_config(*argv)
+
+
+@pytest.mark.parametrize('argv', [['--DiffAugment', 'translation,cutout'],
+                                  ['--ADA_target', '0.6']])
+def test_augmentation_keeps_the_memory_format_D_runs_in(argv):
+    sd = train_fns.SmallData(tiny_config(*argv), 'cpu')
+    if sd.ada is not None:
+        sd.ada.p = torch.tensor(1.0)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    assert sd.augment(x).is_contiguous()
+    out = sd.augment(x.to(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
