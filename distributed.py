@@ -71,10 +71,17 @@ def check_config(config, world_size):
             errors.append(f"--G_batch_size {config['G_batch_size']} (G's batch {G_batch_size}) "
                           f'does not split evenly over {world_size} processes; make it a '
                           f'multiple of {world_size}')
-    elif config['cross_replica'] and config['parallel'] and torch.cuda.device_count() > 1:
-        errors.append('--cross_replica with --parallel: nn.DataParallel replicas cannot share '
-                      'batch statistics; launch one process per GPU with torchrun instead '
-                      '(scripts/launch_BigGAN_bs256x8_torchrun.sh)')
+    elif config['parallel'] and torch.cuda.device_count() > 1:
+        if config['cross_replica']:
+            errors.append('--cross_replica with --parallel: nn.DataParallel replicas cannot '
+                          'share batch statistics; launch one process per GPU with torchrun '
+                          'instead (scripts/launch_BigGAN_bs256x8_torchrun.sh)')
+        views = [f'--{flag}' for flag in ('bCR_real', 'bCR_fake', 'zCR_D') if config.get(flag)]
+        if views:
+            errors.append(f"{', '.join(views)} with --parallel: nn.DataParallel would "
+                          "interleave the replicas' extra views of the batch; launch one "
+                          'process per GPU with torchrun instead '
+                          '(scripts/launch_BigGAN_bs256x8_torchrun.sh)')
     return errors
 
 

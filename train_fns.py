@@ -207,14 +207,14 @@ class SmallData:
     with its controller adapting p), LeCam's anchors, balanced CR's transform T
     (a random x-flip and an integer translation of up to 1/8 of the image,
     reflection-padded: the paper's flip-and-shift) and zCR's latent
-    perturbation. Random draws come
-    from the global RNG of the device, which utils.get_rng_state saves with the
-    checkpoint, so a resumed run draws what the uninterrupted one drew. Every
-    draw is for the GLOBAL batch: a rank draws the parameters of all
-    world_size * n images and applies its own n rows, so the ranks consume the
-    same draws (their z stays in lockstep) and N processes follow the 1-process
-    run. all_reduce: None, or a callable summing a tensor in place over the
-    ranks (ADA's statistics and LeCam's means are global ones).
+    perturbation. Random draws come from the global RNG of the device, which
+    utils.get_rng_state saves with the checkpoint, so a resumed run draws what
+    the uninterrupted one drew. Every draw is for the GLOBAL batch: a rank
+    draws the parameters of all world_size * n images and applies its own n
+    rows, so the ranks consume the same draws (their z stays in lockstep) and
+    N processes follow the 1-process run. all_reduce: None, or a callable
+    summing a tensor in place over the ranks (ADA's statistics and LeCam's
+    means are global ones).
     """
 
     def __init__(self, config, device, rank=0, world_size=1, all_reduce=None):
@@ -371,9 +371,10 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
     Small data (SmallData, built from config unless `small_data` is given): every
     image D sees, real or fake, in the D steps and the G step, goes through the
     augmentation (its parameters drawn per micro-batch); D's loss gets LeCam,
-    bCR and zCR_D, G's zCR_G; ADA's p is adjusted every ADA_interval D steps and
-    logged as 'ADA_p'. ADA's and LeCam's state live in state_dict['ADA'] and
-    state_dict['LeCam'] (restored from them at the start, when present).
+    bCR and zCR_D, G's zCR_G (the logged losses are the hinge terms alone); ADA's
+    p is adjusted every ADA_interval D steps and logged as 'ADA_p'. ADA's and
+    LeCam's state live in state_dict['ADA'] and state_dict['LeCam'] (restored
+    from them at the start, when present).
     """
     num_D_steps, num_D_acc = config['num_D_steps'], config['num_D_accumulations']
     num_G_acc = config['num_G_accumulations']
@@ -393,9 +394,9 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
     sd = small_data
     sd.load_state(state_dict)
     if sd.D_views and isinstance(GD, torch.nn.DataParallel):
-        raise ValueError('--bCR_real/--bCR_fake/--zCR_D with --parallel on several GPUs: '
-                         'DataParallel would interleave the views; train under torchrun '
-                         '(scripts/launch_BigGAN_bs256x8_torchrun.sh shows how)')
+        # train.py refuses this before starting (distributed.check_config).
+        raise ValueError('--bCR_real/--bCR_fake/--zCR_D with nn.DataParallel: it would '
+                         "interleave the replicas' extra views; use torchrun")
 
     def accumulating(train_G, last):
         # Only the last micro-batch's backward all-reduces the summed gradients.
@@ -458,12 +459,12 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
             with accumulating(True, acc == num_G_acc - 1):
                 with autocast(device_type, amp):
                     if sd.active:
-                        G_loss = G_step_small_data(sd, G, GD, z_, z, gy, G_lo, config)
+                        G_loss, G_reg = G_step_small_data(sd, G, GD, z_, z, gy, G_lo, config)
+                        G_loss, G_reg = G_loss / num_G_acc, G_reg / num_G_acc
                     else:
                         G_loss = generator_loss(GD(z, gy, train_G=True,
-                                                   split_D=config['split_D']))
-                    G_loss = G_loss / num_G_acc
-                G_scaler.scale(G_loss).backward()
+                                                   split_D=config['split_D'])) / num_G_acc
+                G_scaler.scale(G_loss + G_reg if sd.active else G_loss).backward()
             G_loss_sum = G_loss_sum + G_loss.detach()
         G_scaler.unscale_(G.optim)
         if config['G_ortho'] > 0.0:
@@ -496,16 +497,17 @@ def D_step_small_data(sd, G, GD, z_, z, gy, x, y, lo, config, itr):
 
 
 def G_step_small_data(sd, G, GD, z_, z, gy, lo, config):
-    """G's loss on one micro-batch with SmallData `sd` (0-d): the hinge loss on D's
-    output for the augmented fakes, plus zCR_G's term on G(z) and G(z + dz)."""
+    """G's losses on one micro-batch with SmallData `sd`, 0-d: (the hinge loss on D's
+    output for the augmented fakes, zCR_G's term on G(z) and G(z + dz) or 0)."""
     augment = sd.augment if sd.augments else None
     if not sd.zCR_G:
         return generator_loss(GD(z, gy, train_G=True, split_D=config['split_D'],
-                                 augment=augment))
+                                 augment=augment)), 0.0
     z_perturbed = sd.perturbed(z_, lo, z.shape[0])
     D_fake, G_z = GD(z, gy, train_G=True, split_D=config['split_D'], augment=augment,
                      return_G_z=True)
-    return generator_loss(D_fake) + aug.zcr_G_loss(G_z, G(z_perturbed, G.shared(gy)), sd.zCR_G)
+    return (generator_loss(D_fake),
+            aug.zcr_G_loss(G_z, G(z_perturbed, G.shared(gy)), sd.zCR_G))
 
 
 # ---------------------------------------------------------------------------

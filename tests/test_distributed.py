@@ -297,6 +297,12 @@ def test_cross_replica_under_data_parallel_is_refused(monkeypatch, capsys, tmp_p
              '--cross_replica with --parallel')
 
 
+def test_consistency_views_under_data_parallel_are_refused(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    _refused(monkeypatch, capsys, tmp_path, {}, ['--parallel', '--bCR_real', '10', '--zCR_D',
+                                                 '5'], '--bCR_real, --zCR_D with --parallel')
+
+
 # ---------------------------------------------------------------------------
 # torchrun end to end: 2 processes follow the 1-process trajectory
 # ---------------------------------------------------------------------------
