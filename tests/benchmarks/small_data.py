@@ -10,6 +10,7 @@ trained on (what a new digit's distance looks like). Then seconds per
 iteration of each option against none, timed in turns in one process.
 
     python tests/benchmarks/small_data.py [--iters 600] [--jobs 2] [--out /tmp/small_data]
+        [--resume]   # continue the runs in --out to --iters (train.py --resume)
 """
 import argparse
 import os
@@ -53,15 +54,17 @@ def run_argv(name, iters, out):
             '--base_root', str(out), '--experiment_name', f'small_{name}']
 
 
-def train_all(iters, out, jobs):
-    """Train every option as its own train.py process, `jobs` at a time, one thread each."""
+def train_all(iters, out, jobs, resume=False):
+    """Train every option as its own train.py process, `jobs` at a time, one thread each
+    (with resume, continue each run in `out` to `iters`)."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     pending, running = list(OPTIONS), []
     while pending or running:
         while pending and len(running) < jobs:
             name = pending.pop(0)
-            log = open(out / f'small_{name}.out', 'w')
-            cmd = [sys.executable, str(ROOT / 'train.py'), *run_argv(name, iters, out)]
+            log = open(out / f'small_{name}.out', 'a' if resume else 'w')
+            cmd = [sys.executable, str(ROOT / 'train.py'), *run_argv(name, iters, out),
+                   *(['--resume'] if resume else [])]
             running.append((name, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
                                                    stderr=subprocess.STDOUT), time.time()))
         time.sleep(2)
@@ -162,11 +165,13 @@ def main():
     parser.add_argument('--time_iters', type=int, default=5)
     parser.add_argument('--skip_training', action='store_true',
                         help='score the runs already in --out')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue the runs already in --out to --iters')
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.skip_training:
-        train_all(args.iters, out, args.jobs)
+        train_all(args.iters, out, args.jobs, args.resume)
     score_all(args.iters, out)
     torch.set_num_threads(1)
     time_all(args.time_rounds, args.time_iters)
