@@ -117,6 +117,17 @@ def test_lecam_anchors_follow_D_and_are_in_the_state():
     assert state['LeCam']['num_updates'] == 2
 
 
+def test_training_state_holds_ADA_and_LeCam_exactly_when_they_are_on():
+    """new_training_state has the keys (so --resume copies them back) only for an option
+    that is on: a run without them saves the original's keys."""
+    keys = {'ADA', 'LeCam'}
+    assert not keys & train_fns.new_training_state(tiny_config()).keys()
+    for argv, on in ((['--ADA_target', '0.6'], {'ADA'}), (['--LeCam_lambda', '0.1'], {'LeCam'}),
+                     (['--DiffAugment', 'color'], set())):
+        state = train_fns.new_training_state(tiny_config(*argv))
+        assert keys & state.keys() == on and all(state[k] is None for k in on), argv
+
+
 def test_consistency_views_reach_D_in_one_call_per_micro_batch():
     train, D, _, _, x, y = _train_fn('--bCR_real', '10', '--bCR_fake', '10', '--zCR_D', '5',
                                      '--zCR_G', '0.5')
