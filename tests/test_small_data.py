@@ -195,3 +195,25 @@ def test_augmentation_keeps_the_memory_format_D_runs_in(argv):
     assert sd.augment(x).is_contiguous()
     out = sd.augment(x.to(memory_format=torch.channels_last))
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+
+
+@pytest.mark.parametrize('split_D', [False, True])
+def test_G_D_shows_D_the_augmented_views_of_the_fakes(split_D):
+    """augment goes through BigGAN.D_on_fake_and_real: D sees the k views of the fakes, each
+    with G's classes, whether on the concatenation or split; return_G_z gives G's own output."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    G, D = BigGAN.Generator(**config).eval(), BigGAN.Discriminator(**config)
+    GD = BigGAN.G_D(G, D)
+    z, y = torch.randn(3, G.dim_z), torch.tensor([0, 1, 2])
+    x, dy = torch.rand(3, 3, 32, 32) * 2 - 1, torch.tensor([3, 4, 5])
+
+    def views(G_z):  # a deterministic two-view augmentation: the image and its mirror
+        return torch.cat([G_z, G_z.flip(3)])
+    with torch.no_grad():
+        G_z = G(z, G.shared(y))
+        D_fake, D_real = GD(z, y, x, dy, split_D=split_D, augment=views)
+        torch.testing.assert_close(D_fake, D(views(G_z), y.repeat(2)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(D_real, D(x, dy), atol=1e-5, rtol=1e-5)
+        D_out, G_z_out = GD(z, y, split_D=split_D, augment=views, return_G_z=True)
+        assert D_out.shape == (6, 1) and torch.equal(G_z_out, G_z)
