@@ -1,8 +1,10 @@
 """The training step and the periodic steps of the training loop.
 
 GAN_training_function (one G iteration with its D steps), the hinge losses,
-autocast and the GradScalers, the training state (new_training_state), and the
-save / sample / test steps of train.py. Orthogonal regularisation, EMA, grad
+autocast and the GradScalers, the small-data options of the step (SmallData:
+augmentation, ADA, LeCam, consistency regularisation, built on augment.py), the
+training state (new_training_state), and the save / sample / test steps of
+train.py. Orthogonal regularisation, EMA, grad
 toggling and standing statistics live in train_helpers.py (also train_fns.<name>).
 """
 import contextlib
