@@ -277,7 +277,7 @@ class Discriminator(nn.Module):
 
 
 def D_on_fake_and_real(D, G_z, gy, x=None, dy=None, split_D=False, return_G_z=False,
-                       D_pair=None):
+                       D_pair=None, augment=None):
     """D's part of G_D.forward (for G_D and distributed.DistributedG_D alike).
 
     G_z (N, 3, H, W) fakes with classes gy (N,); x (M, 3, H, W), dy (M,) optional reals.
@@ -285,17 +285,24 @@ def D_on_fake_and_real(D, G_z, gy, x=None, dy=None, split_D=False, return_G_z=Fa
     return_G_z. D runs once on the concatenation of fakes and reals, or with split_D
     on each separately; D_pair(x1, y1, x2, y2) -> (D(x1, y1), D(x2, y2)), when given,
     runs those two passes as one call (DDP wants one forward per backward).
+    augment: None, or a callable G_z -> (k * N, 3, H, W), the fakes D sees (k views
+    of the batch, each with the classes gy); D_fake is then (k * N, 1) and the
+    returned G_z stays the un-augmented batch.
     """
+    fake, fy = G_z, gy
+    if augment is not None:
+        fake = augment(G_z)
+        fy = gy.repeat(fake.shape[0] // G_z.shape[0])
     if split_D:
         if x is not None:
-            return D_pair(G_z, gy, x, dy) if D_pair is not None else (D(G_z, gy), D(x, dy))
-        D_out = D(G_z, gy)
+            return D_pair(fake, fy, x, dy) if D_pair is not None else (D(fake, fy), D(x, dy))
+        D_out = D(fake, fy)
     else:
-        D_input = torch.cat([G_z, x], 0) if x is not None else G_z
-        D_class = torch.cat([gy, dy], 0) if dy is not None else gy
+        D_input = torch.cat([fake, x], 0) if x is not None else fake
+        D_class = torch.cat([fy, dy], 0) if dy is not None else fy
         D_out = D(D_input, D_class)
         if x is not None:
-            return torch.split(D_out, [G_z.shape[0], x.shape[0]])
+            return torch.split(D_out, [fake.shape[0], x.shape[0]])
     return (D_out, G_z) if return_G_z else D_out
 
 
@@ -305,7 +312,10 @@ class G_D(nn.Module):
     forward(z, gy, x=None, dy=None): z (N, dim_z), gy (N,) classes for G; x, dy
     optional real images and classes. Returns D_out, or (D_fake, D_real) when x
     is given, or (D_out, G_z) with return_G_z. split_D runs D separately on
-    fake and real batches instead of on their concatenation.
+    fake and real batches instead of on their concatenation. augment: None, or a
+    callable G_z (N, 3, H, W) -> (k * N, 3, H, W), the fake images D sees (k
+    views of the batch, each with the classes gy, e.g. augmented copies); the
+    caller prepares the real images the same way. G_z stays the un-augmented batch.
     """
 
     def __init__(self, G, D):
@@ -314,7 +324,8 @@ class G_D(nn.Module):
         self.D = D
 
     def forward(self, z, gy, x=None, dy=None, train_G=False, return_G_z=False,
-                split_D=False):
+                split_D=False, augment=None):
         with torch.set_grad_enabled(train_G):
             G_z = self.G(z, self.G.shared(gy))
-        return D_on_fake_and_real(self.D, G_z, gy, x, dy, split_D, return_G_z)
+        return D_on_fake_and_real(self.D, G_z, gy, x, dy, split_D, return_G_z,
+                                  augment=augment)

@@ -562,13 +562,19 @@ _OPTIONAL_STATE_CHECKS = {
         'a list of best-copy records'),
     'grad_scalers': (lambda v: v is None or (isinstance(v, dict) and {'G', 'D'} <= set(v)),
                      'GradScaler states'),
+    'ADA': (lambda v: v is None or (isinstance(v, dict)
+                                    and {'p', 'rt', 'sign_sum', 'count', 'steps'} <= set(v)),
+            "ADA's state"),
+    'LeCam': (lambda v: v is None or (isinstance(v, dict) and {
+        'anchor_real', 'anchor_fake', 'num_updates'} <= set(v)), "LeCam's anchors"),
 }
 
 
 def check_training_state(state, path):
     """Refuse (CheckpointError naming `path`) a state_dict.pth without the training state's
     keys and types: itr, epoch, save_num, save_best_num ints; best_IS, best_FID numbers;
-    config a dict (plus, when present, this code's rng, best_copies, grad_scalers)."""
+    config a dict (plus, when present, this code's rng, best_copies, grad_scalers, ADA,
+    LeCam)."""
     if not isinstance(state, dict):
         raise CheckpointError(
             f'{path}: holds a {type(state).__name__}, not the training state (a dict with '

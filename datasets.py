@@ -833,15 +833,22 @@ def _hashed_generator(key):
 # ---------------------------------------------------------------------------
 # Class-balanced subsets (--data_subset)
 # ---------------------------------------------------------------------------
-def _subset_size(n, total):
+def subset_problem(n):
+    """The message naming --data_subset when n is neither a number of images (a whole
+    number >= 1) nor a fraction in (0, 1); None when it is one (0, "all", is the caller's)."""
     n = float(n)
-    if 0 < n < 1:
-        size = round(n * total)
-    elif n >= 1 and n == int(n):
-        size = int(n)
-    else:
-        raise DataError(f'--data_subset {n:g}: give a number of images (a whole number >= 1) '
-                        'or a fraction of the training set (between 0 and 1)')
+    if 0 < n < 1 or (n >= 1 and n == int(n)):
+        return None
+    return (f'--data_subset {n:g}: give a number of images (a whole number >= 1), a fraction '
+            'of the training set (between 0 and 1), or 0 for all of it')
+
+
+def _subset_size(n, total):
+    problem = subset_problem(n)
+    if problem:
+        raise DataError(problem)
+    n = float(n)
+    size = round(n * total) if n < 1 else int(n)
     if not 1 <= size <= total:
         raise DataError(f'--data_subset {n:g}: asks for {size} images but the training set has '
                         f'{total}; give at most {total} (or a fraction below 1)')
@@ -874,6 +881,34 @@ def balanced_subset(labels, n, seed=0):
         pick = torch.randperm(count, generator=_hashed_generator(f'biggan-subset:{seed}:{label}'))
         chosen.append(members[pick[:quota]])
     return torch.sort(torch.cat(chosen)).values
+
+
+def dataset_labels(data):
+    """The class labels (N,) int64 of every item of a dataset of this module, read without
+    loading any image."""
+    labels = getattr(data, 'labels', None)
+    if labels is None:
+        labels = data.targets  # torchvision's CIFAR
+    return torch.from_numpy(np.array(labels, dtype=np.int64))
+
+
+class Subset(_SeedableItems):
+    """The items `indices` (int64 (n,)) of `data`, renumbered 0..n-1; item seeds pass through."""
+
+    def __init__(self, data, indices):
+        self.data, self.indices = data, [int(i) for i in indices]
+        self.labels = dataset_labels(data)[torch.as_tensor(self.indices, dtype=torch.long)]
+        if hasattr(data, 'n_classes'):
+            self.n_classes = data.n_classes
+
+    def __getitem__(self, item):
+        if isinstance(item, tuple):
+            index, item_seed = item
+            return self.data[(self.indices[index], item_seed)]
+        return self.data[self.indices[item]]
+
+    def __len__(self):
+        return len(self.indices)
 
 
 # ---------------------------------------------------------------------------
@@ -1089,7 +1124,7 @@ def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_
                      shuffle=True, load_in_mem=False, hdf5=False, pin_memory=True, drop_last=True,
                      start_itr=0, num_epochs=500, use_multiepoch_sampler=False, seed=0,
                      rank=0, world_size=1, micro_batch=None, resolution=None, n_classes=None,
-                     **kwargs):
+                     data_subset=0, **kwargs):
     """-> [loader]: one DataLoader over the registered `dataset` (kwargs: the rest of config).
 
     batch_size is the GLOBAL batch (one G iteration's data), made of micro-batches
@@ -1103,10 +1138,15 @@ def get_data_loaders(dataset, data_root=None, augment=False, batch_size=64, num_
     with augment, each item's random transform is seeded from (seed, epoch,
     position), so resumes are exact. `hdf5` is accepted for compatibility; the
     dataset name decides. resolution and n_classes go to get_dataset (a model's
-    n_classes: the data must have exactly that many classes).
+    n_classes: the data must have exactly that many classes). data_subset: 0 for the
+    whole training set, else balanced_subset's n (a number of images, or a fraction
+    below 1), chosen with `seed`.
     """
     train_set = get_dataset(dataset, data_root, augment, load_in_mem, resolution=resolution,
                             n_classes=n_classes)
+    if data_subset:
+        train_set = Subset(train_set, balanced_subset(dataset_labels(train_set), data_subset,
+                                                      seed))
     seed_items = augment and get_spec(dataset).kind != 'hdf5'
     if world_size > 1 and not drop_last:
         raise DataError('drop_last=False cannot be split over several processes')

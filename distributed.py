@@ -73,10 +73,17 @@ def check_config(config, world_size):
             errors.append(f"--G_batch_size {config['G_batch_size']} (G's batch {G_batch_size}) "
                           f'does not split evenly over {world_size} processes; make it a '
                           f'multiple of {world_size}')
-    elif config['cross_replica'] and config['parallel'] and torch.cuda.device_count() > 1:
-        errors.append('--cross_replica with --parallel: nn.DataParallel replicas cannot share '
-                      'batch statistics; launch one process per GPU with torchrun instead '
-                      '(scripts/launch_BigGAN_bs256x8_torchrun.sh)')
+    elif config['parallel'] and torch.cuda.device_count() > 1:
+        if config['cross_replica']:
+            errors.append('--cross_replica with --parallel: nn.DataParallel replicas cannot '
+                          'share batch statistics; launch one process per GPU with torchrun '
+                          'instead (scripts/launch_BigGAN_bs256x8_torchrun.sh)')
+        views = [f'--{flag}' for flag in ('bCR_real', 'bCR_fake', 'zCR_D') if config.get(flag)]
+        if views:
+            errors.append(f"{', '.join(views)} with --parallel: nn.DataParallel would "
+                          "interleave the replicas' extra views of the batch; launch one "
+                          'process per GPU with torchrun instead '
+                          '(scripts/launch_BigGAN_bs256x8_torchrun.sh)')
     return errors
 
 
@@ -234,8 +241,9 @@ class DistributedG_D(nn.Module):
         return (self.G_ddp if train_G else self.D_ddp).no_sync()
 
     def forward(self, z, gy, x=None, dy=None, train_G=False, return_G_z=False,
-                split_D=False):
-        """As G_D.forward: z (N, dim_z), gy (N,); x, dy optional real images and classes."""
+                split_D=False, augment=None):
+        """As G_D.forward: z (N, dim_z), gy (N,); x, dy optional real images and classes;
+        augment the fakes' views for D (G_D's docstring)."""
         if train_G:
             G_z = self.G_ddp(z, gy)
             D = self.D
@@ -244,7 +252,8 @@ class DistributedG_D(nn.Module):
                 G_z = self.G(z, self.G.shared(gy))
             D = self.D_ddp
         return BigGAN.D_on_fake_and_real(D, G_z, gy, x, dy, split_D, return_G_z,
-                                         D_pair=D if D is self.D_ddp else None)
+                                         D_pair=D if D is self.D_ddp else None,
+                                         augment=augment)
 
 
 def sync_cuda_rng(state, ctx):

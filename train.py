@@ -43,7 +43,7 @@ def _quiet(message):
 
 # The losses come first, so that a narrow terminal trims the timing, never the losses.
 BAR_FORMAT = '{desc}{postfix} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]'
-_SHORT_LOSS_NAMES = {'G_loss': 'G', 'D_loss_real': 'Dr', 'D_loss_fake': 'Df'}
+_SHORT_LOSS_NAMES = {'G_loss': 'G', 'D_loss_real': 'Dr', 'D_loss_fake': 'Df', 'ADA_p': 'p'}
 
 
 def progress_bar(total, initial, experiment_name, disable=False, **kwargs):

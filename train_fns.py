@@ -1,8 +1,10 @@
 """The training step and the periodic steps of the training loop.
 
 GAN_training_function (one G iteration with its D steps), the hinge losses,
-autocast and the GradScalers, the training state (new_training_state), and the
-save / sample / test steps of train.py. Orthogonal regularisation, EMA, grad
+autocast and the GradScalers, the small-data options of the step (SmallData:
+augmentation, ADA, LeCam, consistency regularisation, built on augment.py), the
+training state (new_training_state), and the save / sample / test steps of
+train.py. Orthogonal regularisation, EMA, grad
 toggling and standing statistics live in train_helpers.py (also train_fns.<name>).
 """
 import contextlib
@@ -10,8 +12,10 @@ import json
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+import augment as aug
 import layers
 import metrics
 import train_helpers
@@ -90,8 +94,155 @@ def make_grad_scalers(config, device):
     return {k: torch.amp.GradScaler(device_type, enabled=enabled) for k in ('G', 'D')}
 
 
+class SmallData:
+    """The small-data options of a run, for one rank (README, "Small datasets").
+
+    The augmentation of every image D sees (--DiffAugment, then ADA's pipeline
+    with its controller adapting p), LeCam's anchors, balanced CR's transform T
+    (a random x-flip and an integer translation of up to 1/8 of the image,
+    reflection-padded: the paper's flip-and-shift) and zCR's latent
+    perturbation. Random draws come from the global RNG of the device, which
+    utils.get_rng_state saves with the checkpoint, so a resumed run draws what
+    the uninterrupted one drew. Every draw is for the GLOBAL batch: a rank
+    draws the parameters of all world_size * n images and applies its own n
+    rows, so the ranks consume the same draws (their z stays in lockstep) and
+    N processes follow the 1-process run. all_reduce: None, or a callable
+    summing a tensor in place over the ranks (ADA's statistics and LeCam's
+    means are global ones).
+    """
+
+    def __init__(self, config, device, rank=0, world_size=1, all_reduce=None):
+        self.rank, self.world_size = rank, world_size
+        self.policy = config.get('DiffAugment', '')
+        self.ada = self.pipe = self.lecam = self.cr_pipe = None
+        if config.get('ADA_target', 0.0) > 0:
+            self.pipe = aug.AugmentPipe(config['ADA_policy'])
+            # Real images per D step over all ranks: the global micro-batch, accumulated.
+            self.ada = aug.ADAController(
+                config['ADA_target'], config['ADA_interval'], config['ADA_kimg'],
+                batch_size=config['batch_size'] * config['num_D_accumulations'],
+                device=device, all_reduce=all_reduce)
+        if config.get('LeCam_lambda', 0.0) > 0:
+            self.lecam = aug.LeCam(config['LeCam_lambda'], config['LeCam_decay'],
+                                   device=device, all_reduce=all_reduce)
+        self.bCR_real, self.bCR_fake = config.get('bCR_real', 0.0), config.get('bCR_fake', 0.0)
+        if self.bCR_real or self.bCR_fake:
+            self.cr_pipe = aug.AugmentPipe('xflip,xint')
+        self.zCR_D, self.zCR_G = config.get('zCR_D', 0.0), config.get('zCR_G', 0.0)
+        self.zCR_sigma = config.get('zCR_sigma', 0.03)
+        self.augments = bool(self.policy) or self.ada is not None
+        self.D_views = bool(self.bCR_real or self.bCR_fake or self.zCR_D)
+        self.active = (self.augments or self.lecam is not None or self.D_views
+                       or bool(self.zCR_G))
+
+    def load_state(self, state_dict):
+        """Restore ADA's and LeCam's state from the training state (None: a fresh start)."""
+        if self.ada is not None and state_dict.get('ADA') is not None:
+            self.ada.load_state_dict(state_dict['ADA'])
+        if self.lecam is not None and state_dict.get('LeCam') is not None:
+            self.lecam.load_state_dict(state_dict['LeCam'])
+
+    def save_state(self, state_dict):
+        """Put ADA's and LeCam's current state into the training state: references to
+        the device tensors (no copy, no host sync); torch.save reads them at a save."""
+        if self.ada is not None:
+            a = self.ada
+            state_dict['ADA'] = {'p': a.p, 'rt': a.rt, 'sign_sum': a.sign_sum,
+                                 'count': a.count, 'steps': a.steps}
+        if self.lecam is not None:
+            state_dict['LeCam'] = {'anchor_real': self.lecam.anchor_real,
+                                   'anchor_fake': self.lecam.anchor_fake,
+                                   'num_updates': self.lecam.num_updates}
+
+    def _own_rows(self, params, n):
+        lo = self.rank * n
+        return {k: v[lo:lo + n] for k, v in params.items()}
+
+    def draw(self, x):
+        """This rank's rows of the augmentation parameters for x: (n, 3, H, W), drawn for
+        the global n * world_size images: {'DiffAugment': ..., 'ADA': ...}, the ones on."""
+        n, _, H, W = x.shape
+        N = n * self.world_size
+        params = {}
+        if self.policy:
+            params['DiffAugment'] = self._own_rows(
+                aug.diffaugment_params(N, self.policy, H, W, None, x.device), n)
+        if self.ada is not None:
+            params['ADA'] = self._own_rows(self.pipe.params(N, self.ada.p, H, W, None,
+                                                            x.device), n)
+        return params
+
+    def apply(self, x, params):
+        """x: (n, 3, H, W) augmented with draw()'s params: DiffAugment, then ADA's pipeline.
+        A channels-last x gives a channels-last result (what D's weights are in)."""
+        channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                         and not x.is_contiguous())
+        if 'DiffAugment' in params:
+            x = aug.DiffAugment(x, self.policy, params=params['DiffAugment'])
+        if 'ADA' in params:
+            x = self.pipe.apply(x, params['ADA'])
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    def augment(self, x):
+        """x: (n, 3, H, W) with freshly drawn augmentation parameters."""
+        return self.apply(x, self.draw(x))
+
+    def cr_transform(self, x):
+        """bCR's T of x: (n, 3, H, W), freshly drawn."""
+        n, _, H, W = x.shape
+        params = self.cr_pipe.params(n * self.world_size, 1.0, H, W, None, x.device)
+        return self.cr_pipe.apply(x, self._own_rows(params, n))
+
+    def real_views(self, x, y):
+        """The real images D sees and their classes: augment(x) (n, 3, H, W), followed by
+        its T for --bCR_real ((2n, ...) then)."""
+        x = self.augment(x)
+        if self.bCR_real:
+            return torch.cat([x, self.cr_transform(x)]), y.repeat(2)
+        return x, y
+
+    def fake_views(self, G, z_perturbed, gy):
+        """G_D's augment callable for a D step: G_z (n, 3, H, W) -> augment(G_z), then its T
+        (--bCR_fake), then G(z_perturbed) with G_z's augmentation (--zCR_D)."""
+        def views(G_z):
+            params = self.draw(G_z)
+            out = [self.apply(G_z, params)]
+            if self.bCR_fake:
+                out.append(self.cr_transform(out[0]))
+            if self.zCR_D:
+                with torch.no_grad():
+                    out.append(self.apply(G(z_perturbed, G.shared(gy)), params))
+            return torch.cat(out) if len(out) > 1 else out[0]
+        return views
+
+    def D_outputs(self, D_fake_all, D_real_all, n, itr):
+        """Split D's outputs on the views into the main (n, 1) D_fake, D_real and return
+        them with the sum of D's regularisers (bCR, zCR_D, LeCam; 0-d, fp32). Feeds ADA
+        and LeCam their statistics."""
+        fakes, reals = D_fake_all.split(n), D_real_all.split(n)
+        D_fake, D_real = fakes[0], reals[0]
+        reg = torch.zeros((), device=D_fake.device)
+        if self.bCR_real or self.bCR_fake:
+            D_real_T = reals[1] if self.bCR_real else D_real
+            D_fake_T = fakes[1] if self.bCR_fake else D_fake
+            reg = reg + aug.bcr_loss(D_real, D_real_T, D_fake, D_fake_T, self.bCR_real,
+                                     self.bCR_fake)
+        if self.zCR_D:
+            reg = reg + aug.zcr_D_loss(D_fake, fakes[-1], self.zCR_D)
+        if self.lecam is not None:
+            self.lecam.update(D_real, D_fake, itr)
+            reg = reg + self.lecam.loss(D_real, D_fake, itr)
+        if self.ada is not None:
+            self.ada.accumulate(D_real)
+        return D_fake, D_real, reg
+
+    def perturbed(self, z_, lo, n):
+        """Rows lo:lo+n of z_ + dz (zCR), dz drawn for all of the global z_: (n, dim_z)."""
+        return aug.perturb_latents(z_, self.zCR_sigma)[lo:lo + n]
+
+
 def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=None,
-                          rank=0, world_size=1):
+                          rank=0, world_size=1, small_data=None):
     """Return train(x, y) -> {'G_loss', 'D_loss_real', 'D_loss_fake'} (detached 0-d tensors).
 
     x: (num_D_steps * num_D_accumulations * B, 3, H, W), y: (...,) is one G
@@ -110,6 +261,16 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
     scaled, and per optimizer step the grads are unscaled once, before the
     ortho reg, then scaler.step and scaler.update run once; a step whose
     gradients are not finite is skipped and the scale backed off.
+
+    Small data (SmallData, built from config unless `small_data` is given): every
+    image D sees, real or fake, in the D steps and the G step, goes through the
+    augmentation (its parameters drawn per micro-batch); D's loss gets LeCam,
+    bCR and zCR_D, G's zCR_G (the logged losses are the hinge terms alone); ADA's
+    p is adjusted every ADA_interval D steps and logged as 'ADA_p'. ADA's and
+    LeCam's state live in state_dict['ADA'] and state_dict['LeCam'] (restored
+    from them at the start, when present). bCR's and zCR_D's extra views need
+    one process per GPU: distributed.check_config refuses them with
+    nn.DataParallel over several GPUs.
     """
     num_D_steps, num_D_acc = config['num_D_steps'], config['num_D_accumulations']
     num_G_acc = config['num_G_accumulations']
@@ -120,6 +281,11 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
         scalers = make_grad_scalers({'amp': 'none'}, z_.device)
     G_scaler, D_scaler = scalers['G'], scalers['D']
     can_defer_sync = world_size > 1 and hasattr(GD, 'no_sync')
+    if small_data is None:
+        all_reduce = dist.all_reduce if world_size > 1 else None
+        small_data = SmallData(config, z_.device, rank, world_size, all_reduce)
+    sd = small_data
+    sd.load_state(state_dict)
 
     def accumulating(train_G, last):
         # Only the last micro-batch's backward all-reduces the summed gradients.
@@ -144,13 +310,21 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
             for acc in range(num_D_acc):
                 z_.sample_()
                 y_.sample_()
+                z, gy = z_[lo:lo + micro], y_[lo:lo + micro]
                 with accumulating(False, acc == num_D_acc - 1):
                     with autocast(device_type, amp):
-                        D_fake, D_real = GD(z_[lo:lo + micro], y_[lo:lo + micro], xs[counter],
-                                            ys[counter], train_G=False,
-                                            split_D=config['split_D'])
+                        if sd.active:
+                            D_fake, D_real, D_reg = D_step_small_data(
+                                sd, G, GD, z_, z, gy, xs[counter], ys[counter], lo, config,
+                                state_dict['itr'])
+                        else:
+                            D_fake, D_real = GD(z, gy, xs[counter], ys[counter],
+                                                train_G=False, split_D=config['split_D'])
                         D_loss_real, D_loss_fake = discriminator_loss(D_fake, D_real)
-                    D_scaler.scale((D_loss_real + D_loss_fake) / num_D_acc).backward()
+                        D_loss = D_loss_real + D_loss_fake
+                        if sd.active:
+                            D_loss = D_loss + D_reg
+                    D_scaler.scale(D_loss / num_D_acc).backward()
                 D_real_sum = D_real_sum + D_loss_real.detach()
                 D_fake_sum = D_fake_sum + D_loss_fake.detach()
                 counter += 1
@@ -159,6 +333,8 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
                 ortho(D, config['D_ortho'])
             D_scaler.step(D.optim)
             D_scaler.update()
+            if sd.ada is not None:
+                sd.ada.step()
 
         if toggle:
             toggle_grad(D, False)
@@ -168,12 +344,16 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
         for acc in range(num_G_acc):
             z_.sample_()
             y_.sample_()
+            z, gy = z_[G_lo:G_lo + G_micro], y_[G_lo:G_lo + G_micro]
             with accumulating(True, acc == num_G_acc - 1):
                 with autocast(device_type, amp):
-                    D_fake = GD(z_[G_lo:G_lo + G_micro], y_[G_lo:G_lo + G_micro],
-                                train_G=True, split_D=config['split_D'])
-                    G_loss = generator_loss(D_fake) / num_G_acc
-                G_scaler.scale(G_loss).backward()
+                    if sd.active:
+                        G_loss, G_reg = G_step_small_data(sd, G, GD, z_, z, gy, G_lo, config)
+                        G_loss, G_reg = G_loss / num_G_acc, G_reg / num_G_acc
+                    else:
+                        G_loss = generator_loss(GD(z, gy, train_G=True,
+                                                   split_D=config['split_D'])) / num_G_acc
+                G_scaler.scale(G_loss + G_reg if sd.active else G_loss).backward()
             G_loss_sum = G_loss_sum + G_loss.detach()
         G_scaler.unscale_(G.optim)
         if config['G_ortho'] > 0.0:
@@ -185,8 +365,38 @@ def GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config, scalers=Non
         out = {'G_loss': G_loss_sum}
         if num_D_steps > 0:
             out.update(D_loss_real=D_real_sum / num_D_acc, D_loss_fake=D_fake_sum / num_D_acc)
+        if sd.ada is not None:
+            out['ADA_p'] = sd.ada.p
+        sd.save_state(state_dict)
         return out
     return train
+
+
+def D_step_small_data(sd, G, GD, z_, z, gy, x, y, lo, config, itr):
+    """One D micro-batch with SmallData `sd`: z, gy (n, ...) are rows lo:lo+n of the global
+    z_; x, y this rank's reals. Returns (D_fake, D_real) (n, 1) and D's regulariser (0-d).
+    Draw order (the same at any world size): dz, the reals' augmentation and T, then
+    (inside GD) the fakes' augmentation and T."""
+    n = z.shape[0]
+    z_perturbed = sd.perturbed(z_, lo, n) if sd.zCR_D else None
+    x_in, y_in = sd.real_views(x, y)
+    D_fake_all, D_real_all = GD(z, gy, x_in, y_in, train_G=False, split_D=config['split_D'],
+                                augment=sd.fake_views(G, z_perturbed, gy))
+    return sd.D_outputs(D_fake_all, D_real_all, n, itr)
+
+
+def G_step_small_data(sd, G, GD, z_, z, gy, lo, config):
+    """G's losses on one micro-batch with SmallData `sd`, 0-d: (the hinge loss on D's
+    output for the augmented fakes, zCR_G's term on G(z) and G(z + dz) or 0)."""
+    augment = sd.augment if sd.augments else None
+    if not sd.zCR_G:
+        return generator_loss(GD(z, gy, train_G=True, split_D=config['split_D'],
+                                 augment=augment)), 0.0
+    z_perturbed = sd.perturbed(z_, lo, z.shape[0])
+    D_fake, G_z = GD(z, gy, train_G=True, split_D=config['split_D'], augment=augment,
+                     return_G_z=True)
+    return (generator_loss(D_fake),
+            aug.zcr_G_loss(G_z, G(z_perturbed, G.shared(gy)), sd.zCR_G))
 
 
 # ---------------------------------------------------------------------------
@@ -208,6 +418,11 @@ def new_training_state(config):
         train.frozen_for_sampling (utils.get_rng_state).
       grad_scalers (dict or None, with --amp fp16 only): the GradScalers' scales and
         growth trackers, as plain numbers; train.frozen_for_sampling.
+      ADA (dict or None, with --ADA_target > 0 only): ADA's p, last r_t and pending
+        statistics {p, rt, sign_sum, count, steps} (device tensors but steps);
+        GAN_training_function's train() (SmallData.save_state), after every iteration.
+      LeCam (dict or None, with --LeCam_lambda > 0 only): LeCam's EMA anchors
+        {anchor_real, anchor_fake, num_updates}; likewise SmallData.save_state.
       config (dict): `config` itself; save_weights stores it without the module
         objects derived from it.
     """
@@ -216,6 +431,12 @@ def new_training_state(config):
              'config': config}
     if config.get('amp', 'none') == 'fp16':
         state['grad_scalers'] = None
+    # Present only when on, so that load_weights copies them back on --resume and a run
+    # without them saves the original's keys.
+    if config.get('ADA_target', 0.0) > 0:
+        state['ADA'] = None
+    if config.get('LeCam_lambda', 0.0) > 0:
+        state['LeCam'] = None
     return state
 
 

@@ -41,6 +41,7 @@ import torch.nn as nn
 import torchvision
 from PIL import Image
 
+import augment
 import datasets as dset
 import inception_utils
 import layers
@@ -334,7 +335,50 @@ def prepare_parser():
         help='Also write TensorBoard events into logs/<exp>/tensorboard/: losses, singular '
              'values, test metrics, speed, learning rates, the sample sheets of every save '
              'and the config; watch with `tensorboard --logdir logs` (default: %(default)s)')
+    _add_small_data_flags(arg)
     return parser
+
+
+def _add_small_data_flags(arg):
+    """Training on small datasets (augment.py; README, "Small datasets")."""
+    arg('--data_subset', type=float, default=0,
+        help='Train on a class-balanced subset of the training set: a number of images, or a '
+             'fraction below 1; chosen by --seed, the same in every process and on resume; '
+             '0 for all of it (default: %(default)s)')
+    arg('--DiffAugment', type=str, default='',
+        help='DiffAugment policy applied to every image D sees: a comma-separated subset of '
+             "color,translation,cutout; '' for none (default: '%(default)s')")
+    arg('--ADA_target', type=float, default=0.0,
+        help="ADA: target of r_t = E[sign(D(x_real))] that adapts the augmentation "
+             'probability p (stylegan2-ada: 0.6); 0 turns ADA off (default: %(default)s)')
+    arg('--ADA_interval', type=int, default=4,
+        help='ADA: D steps between adjustments of p (default: %(default)s)')
+    arg('--ADA_kimg', type=float, default=500,
+        help='ADA: thousands of real images in which p can go from 0 to 1 at the fastest '
+             '(default: %(default)s)')
+    arg('--ADA_policy', type=str, default='bgc',
+        help="ADA's augmentations: groups b (blit), g (geometry), c (colour), e.g. bgc, or "
+             'op names such as xflip,rotate90 (default: %(default)s)')
+    arg('--LeCam_lambda', type=float, default=0.0,
+        help="Weight of the LeCam regulariser on D's loss; 0 turns it off "
+             '(default: %(default)s)')
+    arg('--LeCam_decay', type=float, default=0.99,
+        help="Decay of the EMA anchors of D's mean real and fake outputs (LeCam) "
+             '(default: %(default)s)')
+    arg('--bCR_real', type=float, default=0.0,
+        help="Balanced consistency regularisation: weight of ||D(x) - D(T(x))||^2 on reals, "
+             'T a random flip and translation (the paper: 10); 0 for off (default: %(default)s)')
+    arg('--bCR_fake', type=float, default=0.0,
+        help='Balanced consistency regularisation: the same on fakes (the paper: 10); 0 for '
+             'off (default: %(default)s)')
+    arg('--zCR_D', type=float, default=0.0,
+        help="Latent consistency regularisation: weight of ||D(G(z)) - D(G(z + dz))||^2 on "
+             "D's loss (the paper: 5); 0 for off (default: %(default)s)")
+    arg('--zCR_G', type=float, default=0.0,
+        help="Latent consistency regularisation: weight of -||G(z) - G(z + dz)||^2 on G's "
+             'loss (the paper: 0.5); 0 for off (default: %(default)s)')
+    arg('--zCR_sigma', type=float, default=0.03,
+        help='Standard deviation of the latent perturbation dz of zCR (default: %(default)s)')
 
 
 def add_sample_parser(parser):
@@ -483,6 +527,7 @@ def _check_flags(config):
         errors.append('--tensorboard: the tensorboard package is not installed; '
                       'pip install tensorboard (it is in requirements.txt), or train without '
                       '--tensorboard')
+    errors += _check_small_data_flags(config)
     if config['logstyle'] not in ('pickle', 'mat', 'npz'):
         try:
             config['logstyle'] % 1.0
@@ -512,6 +557,35 @@ def _check_metric_flags(config):
         errors.append(f"--which_best {config['which_best']}: --test_metrics "
                       f"{config['test_metrics']} does not compute it; add {owner} to "
                       '--test_metrics, or rank by one it computes')
+    return errors
+
+
+def _check_small_data_flags(config):
+    """Errors in the small-data flags (absent keys, as in older saved configs, are off)."""
+    errors = []
+    if config.get('data_subset', 0) and dset.subset_problem(config['data_subset']):
+        errors.append(dset.subset_problem(config['data_subset']))
+    for flag, check in (('DiffAugment', augment.diffaugment_policy),
+                        ('ADA_policy', augment.ada_policy)):
+        try:
+            check(config.get(flag, ''))
+        except ValueError as err:
+            errors.append(str(err))
+    target = config.get('ADA_target', 0.0)
+    if not 0.0 <= target <= 1.0:
+        errors.append(f'--ADA_target {target:g}: must lie in [0, 1] (r_t = E[sign(D(x_real))] '
+                      'is at most 1; stylegan2-ada uses 0.6; 0 turns ADA off)')
+    if config.get('ADA_interval', 4) < 1:
+        errors.append(f"--ADA_interval {config['ADA_interval']}: must be at least 1")
+    if not config.get('ADA_kimg', 500) > 0:
+        errors.append(f"--ADA_kimg {config['ADA_kimg']:g}: must be positive")
+    if not 0.0 <= config.get('LeCam_decay', 0.99) <= 1.0:
+        errors.append(f"--LeCam_decay {config['LeCam_decay']:g}: must lie in [0, 1]")
+    for flag in ('LeCam_lambda', 'bCR_real', 'bCR_fake', 'zCR_D', 'zCR_G'):
+        if config.get(flag, 0.0) < 0:
+            errors.append(f'--{flag} {config[flag]:g}: must not be negative (0 turns it off)')
+    if not config.get('zCR_sigma', 0.03) > 0:
+        errors.append(f"--zCR_sigma {config['zCR_sigma']:g}: must be positive")
     return errors
 
 
@@ -749,10 +823,37 @@ def name_from_config(config):
         'Gshared' if c['G_shared'] else None,
         'hier' if c['hier'] else None,
         'ema' if c['ema'] else None,
+        *_small_data_name_items(c),
         c['name_suffix'] if c['name_suffix'] else None,
     ]
     name = '_'.join(item for item in items if item is not None)
     return hashname(name) if c['hashname'] else name
+
+
+def _small_data_name_items(c):
+    """Name parts of the small-data flags that are on (none for the original's flags)."""
+    items = []
+    if c.get('data_subset'):
+        items.append(f"sub{c['data_subset']:g}")
+    if c.get('DiffAugment'):
+        items.append('DiffAug-' + '-'.join(c['DiffAugment'].replace(' ', '').split(',')))
+    if c.get('ADA_target'):
+        items.append(f"ADA{c['ADA_target']:g}-{c['ADA_policy']}")
+        if c['ADA_interval'] != 4:
+            items.append(f"ADAi{c['ADA_interval']}")
+        if c['ADA_kimg'] != 500:
+            items.append(f"ADAk{c['ADA_kimg']:g}")
+    if c.get('LeCam_lambda'):
+        items.append(f"LeCam{c['LeCam_lambda']:g}")
+        if c['LeCam_decay'] != 0.99:
+            items.append(f"LeCamd{c['LeCam_decay']:g}")
+    if c.get('bCR_real') or c.get('bCR_fake'):
+        items.append(f"bCR{c['bCR_real']:g}-{c['bCR_fake']:g}")
+    if c.get('zCR_D') or c.get('zCR_G'):
+        items.append(f"zCR{c['zCR_D']:g}-{c['zCR_G']:g}")
+        if c['zCR_sigma'] != 0.03:
+            items.append(f"zCRs{c['zCR_sigma']:g}")
+    return items
 
 
 _HASH_WORDS = (

@@ -11,8 +11,8 @@ formats train.py writes:
   (FID absent or NaN with --no_fid), and whatever else --test_metrics computed (KID_mean,
   KID_std, precision, recall, density, coverage, iFID) with the protocol of the numbers;
 - `<name>/<metric>.log`: lines `"<itr>: <value>"` for the losses (G_loss,
-  D_loss_real, D_loss_fake, ...) and the singular values (G_..._sv<k>, D_..._sv<k>);
-  `metalog.txt` is ignored;
+  D_loss_real, D_loss_fake, ...), ADA's augmentation probability (ADA_p) and the
+  singular values (G_..._sv<k>, D_..._sv<k>); `metalog.txt` is ignored;
 - with --from_tensorboard, instead of both: `<name>/tensorboard/`, the event files of
   `train.py --tensorboard` (tags `train/<metric>`, `G_svs/<metric>`, `D_svs/<metric>`,
   `metrics/<key>`, read with TensorBoard's event reader, which drops what a resumed
@@ -21,9 +21,9 @@ formats train.py writes:
 Writes into --out: IS_FID.png (all experiments overlaid), more_metrics.png (one panel per
 other metric logged: KID, precision, recall, density, coverage, intra-class FID; all
 experiments overlaid) when any was logged, and per experiment <name>_losses.png,
-<name>_G_svs.png, <name>_D_svs.png when it has such logs. Prints each experiment's best IS
-and best FID, and the best of every other metric it logged, with their iterations. Replaces the
-original's MATLAB scripts (logs/process_training.m and friends).
+<name>_ADA_p.png, <name>_G_svs.png, <name>_D_svs.png when it has such logs. Prints each
+experiment's best IS and best FID, and the best of every other metric it logged, with their
+iterations. Replaces the original's MATLAB scripts (logs/process_training.m and friends).
 """
 import argparse
 import importlib.util
@@ -42,6 +42,7 @@ MORE_METRICS = (('KID_mean', 'KID_std', 'KID', True),
                 ('precision', None, 'precision', False), ('recall', None, 'recall', False),
                 ('density', None, 'density', False), ('coverage', None, 'coverage', False),
                 ('iFID', None, 'intra-class FID', True))
+ADA_P = 'ADA_p'
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Experiment:
     wanted_jsonl: str = ''                          # where the metric log was looked for
     rows: list = field(default_factory=list)        # dicts from the jsonl, sorted by itr
     losses: dict = field(default_factory=dict)      # metric -> (itrs, values)
+    ada_p: tuple | None = None                      # (itrs, values) of ADA's p
     svs: dict = field(default_factory=dict)         # 'G' / 'D' -> {metric: (itrs, values)}
     notes: list = field(default_factory=list)
 
@@ -141,7 +143,8 @@ def read_events(folder, notes):
 
 
 def load_events(experiment):
-    """Fill the experiment's rows, losses and singular values from its TensorBoard events."""
+    """Fill the experiment's rows, losses, ADA_p and singular values from its TensorBoard
+    events."""
     # The metric rows come from here too: the summary line names this folder.
     folder = os.path.join(experiment.folder or experiment.name, TENSORBOARD_FOLDER)
     experiment.wanted_jsonl = folder
@@ -151,7 +154,9 @@ def load_events(experiment):
     rows = {}
     for tag, (itrs, values) in read_events(folder, experiment.notes).items():
         group, _, metric = tag.partition('/')
-        if group == 'train':
+        if group == 'train' and metric == ADA_P:
+            experiment.ada_p = itrs, values
+        elif group == 'train':
             experiment.losses[metric] = itrs, values
         elif group in ('G_svs', 'D_svs'):
             experiment.svs.setdefault(group[0], {})[metric] = itrs, values
@@ -163,8 +168,8 @@ def load_events(experiment):
 
 
 def load(experiment, from_tensorboard=False):
-    """Fill the experiment's rows, losses and singular values from its files (its text
-    logs, or with from_tensorboard its event files)."""
+    """Fill the experiment's rows, losses, ADA_p and singular values from its files (its
+    text logs, or with from_tensorboard its event files)."""
     if from_tensorboard:
         return load_events(experiment)
     if experiment.jsonl:
@@ -178,7 +183,9 @@ def load(experiment, from_tensorboard=False):
             if not series[0]:
                 continue
             match = SV_RE.match(metric)
-            if match:
+            if metric == ADA_P:
+                experiment.ada_p = series
+            elif match:
                 experiment.svs.setdefault(match.group(1), {})[metric] = series
             else:
                 experiment.losses[metric] = series
@@ -297,6 +304,20 @@ def plot_losses(exp, path, smooth):
         ax.set(title=f'{exp.name}: {name}', xlabel='iteration')
         ax.legend(fontsize='small', loc='upper right')
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_ada_p(exp, path):
+    """ADA's augmentation probability p against iteration (as logged, unsmoothed)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    itrs, values = exp.ada_p
+    ax.plot(itrs, values, linewidth=1.2)
+    ax.set(title=f'{exp.name}: ADA augmentation probability p', xlabel='iteration',
+           ylabel='p', ylim=(-0.02, max(1.02 * max(values), 0.1)))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -427,7 +448,7 @@ def main(argv=None):
         if exp.folder is None:
             exp.notes.append(f'{exp.name}: no log folder {exp.name}/; losses and singular '
                              'values not plotted')
-        elif not exp.losses and not exp.svs:
+        elif not exp.losses and not exp.svs and exp.ada_p is None:
             what = (f'{TENSORBOARD_FOLDER}/ event files (train with --tensorboard)'
                     if args.from_tensorboard else '<metric>.log files')
             exp.notes.append(f'{exp.name}: {exp.folder} holds no {what}')
@@ -450,6 +471,9 @@ def main(argv=None):
         if exp.losses:
             written.append(os.path.join(args.out, f'{exp.name}_losses.png'))
             plot_losses(exp, written[-1], args.smooth)
+        if exp.ada_p is not None:
+            written.append(os.path.join(args.out, f'{exp.name}_ADA_p.png'))
+            plot_ada_p(exp, written[-1])
         for net in ('G', 'D'):
             if exp.svs.get(net):
                 written.append(os.path.join(args.out, f'{exp.name}_{net}_svs.png'))

@@ -353,6 +353,12 @@ def test_cross_replica_under_data_parallel_is_refused(monkeypatch, capsys, tmp_p
              '--cross_replica with --parallel')
 
 
+def test_consistency_views_under_data_parallel_are_refused(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    _refused(monkeypatch, capsys, tmp_path, {}, ['--parallel', '--bCR_real', '10', '--zCR_D',
+                                                 '5'], '--bCR_real, --zCR_D with --parallel')
+
+
 # ---------------------------------------------------------------------------
 # torchrun end to end: 2 processes follow the 1-process trajectory
 # ---------------------------------------------------------------------------
@@ -453,6 +459,24 @@ def test_torchrun_matches_one_process_and_resumes_across_world_sizes(tmp_path):
     _assert_same_trajectory(one_to_two, two)
     lines = (one_to_two / 'logs' / 'exp' / 'G_loss.log').read_text().splitlines()
     assert [int(line.split(':')[0]) for line in lines] == [1, 2, 3, 4, 5]
+
+
+def test_torchrun_with_every_small_data_option_matches_one_process(tmp_path):
+    """Augmentation draws for the global batch, ADA's statistics and LeCam's means summed
+    over the ranks, bCR's and zCR's extra views: 2 processes follow the 1-process run."""
+    flags = ['--num_iters', '3', '--DiffAugment', 'color,translation,cutout',
+             '--ADA_target', '0.01', '--ADA_interval', '1', '--ADA_kimg', '0.05',
+             '--LeCam_lambda', '0.1', '--bCR_real', '10', '--bCR_fake', '10', '--zCR_D', '5',
+             '--zCR_G', '0.5', '--data_subset', '400']
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    _single(one, *flags)
+    _torchrun(two, *flags)
+    _assert_same_trajectory(one, two)
+    a, b = _load(one, 'state_dict'), _load(two, 'state_dict')
+    assert a['ADA']['steps'] == b['ADA']['steps'] == 6
+    assert torch.equal(a['ADA']['p'], b['ADA']['p'])  # the same signs, summed over ranks
+    for key in ('anchor_real', 'anchor_fake'):
+        assert abs(float(a['LeCam'][key]) - float(b['LeCam'][key])) < 1e-3, key
 
 
 # ---------------------------------------------------------------------------

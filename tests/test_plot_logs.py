@@ -147,6 +147,21 @@ def test_metrics_beyond_is_and_fid_are_plotted_and_summarised(tmp_path):
         'KID_mean', 'precision', 'recall', 'iFID']
 
 
+def test_ada_p_gets_its_own_plot_and_stays_out_of_the_losses(tmp_path):
+    logs, out = tmp_path / 'logs', tmp_path / 'plots'
+    logs.mkdir()
+    _write_run(logs, 'ada', None, seed=4)
+    _write_metric_log(logs / 'ada', 'ADA_p', range(1, 301), np.linspace(0, 0.4, 300))
+    proc = _run('ada', '--logs_root', logs, '--out', out)
+    assert proc.returncode == 0, proc.stderr
+    assert {'ada_losses.png', 'ada_ADA_p.png'} <= {p.name for p in out.iterdir()}
+    _assert_png(out / 'ada_ADA_p.png')
+    sys.path.insert(0, str(SCRIPT.parent))
+    import plot_logs
+    exp = plot_logs.load(plot_logs.resolve('ada', str(logs)))
+    assert exp.ada_p[1][-1] == pytest.approx(0.4, abs=1e-3) and 'ADA_p' not in exp.losses
+
+
 def test_missing_experiment_names_the_paths(tmp_path):
     proc = _run('nope', '--logs_root', tmp_path, '--out', tmp_path / 'plots')
     assert proc.returncode == 2

@@ -34,7 +34,9 @@ def test_differences_from_the_original_are_one_section_near_the_end():
 
 
 def test_every_flag_the_readme_names_exists():
-    code = '\n'.join(p.read_text() for p in [*ROOT.glob('*.py'), *ROOT.glob('*/*.py')]
+    # The README's commands run the project's programs and its benchmarks.
+    code = '\n'.join(p.read_text() for p in [*ROOT.glob('*.py'), *ROOT.glob('*/*.py'),
+                                             *ROOT.glob('tests/benchmarks/*.py')]
                      if p.parent.name != 'tests' or p.name == 'make_tfhub_fixture.py')
     defined = set(re.findall(r"""['"](--[A-Za-z][\w-]*)['"]""", code))
     # Flags of other programs that the README's commands use.

@@ -246,3 +246,20 @@ def test_plot_logs_from_tensorboard_without_the_package_names_the_fix(tmp_path, 
     assert 'the tensorboard package is not installed; pip install tensorboard' \
         in capsys.readouterr().err
     assert not (tmp_path / 'plots').exists()
+
+
+def test_ADA_p_reaches_the_board_and_plot_logs_reads_it_from_either_source(tmp_path):
+    """ADA_p, logged with the losses, is a train/ scalar like them; plot_logs gives it its own
+    series (not a loss) from the text log and from the events alike."""
+    train.run(_config(tmp_path, '--num_iters', '3', '--tensorboard', '--ADA_target', '0.01',
+                      '--ADA_interval', '1', '--ADA_kimg', '0.02'), log=lambda m: None)
+    itrs, values = _text_log(tmp_path / 'logs' / 'exp' / 'ADA_p.log')
+    events = _read(tmp_path).Scalars('train/ADA_p')
+    assert [e.step for e in events] == itrs == [1, 2, 3]
+    np.testing.assert_allclose([e.value for e in events], values, rtol=6e-4, atol=1e-12)
+    from test_plot_logs import _plot_logs
+    plot_logs = _plot_logs()
+    for from_tensorboard in (False, True):
+        exp = plot_logs.load(plot_logs.resolve('exp', str(tmp_path / 'logs')), from_tensorboard)
+        assert 'ADA_p' not in exp.losses and exp.ada_p[0] == itrs, from_tensorboard
+        np.testing.assert_allclose(exp.ada_p[1], values, rtol=6e-4, atol=1e-12)

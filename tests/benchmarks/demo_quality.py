@@ -60,26 +60,39 @@ def spread(x):
     return (x.flatten(1) - x.flatten(1).mean(0)).norm(dim=1).mean().item()
 
 
-def main():
-    parser = utils.add_sample_parser(utils.prepare_parser())
-    parser.add_argument('--per_class', type=int, default=100)
-    config = utils.parse_config(parser)
+def real_digits():
+    """All 5,000 digits, grey: x (5000, 1, 32, 32) in [-1, 1], y (5000,)."""
     data = datasets.Digits32()
     x_real = torch.stack([data[i][0] for i in range(len(data))])
     y_real = torch.tensor([int(data[i][1]) for i in range(len(data))])
-    x_real = gray(x_real)
-    clf, held_out = train_classifier(x_real, y_real)
-    G, state, name = sample.load_generator(config, 'cpu')
-    if config['G_eval_mode']:
-        G.eval()
-    gen = torch.Generator().manual_seed(123)
+    return gray(x_real), y_real
+
+
+def generate(G, per_class, seed=123):
+    """per_class samples of each class from G, grey: x (10 * per_class, 1, 32, 32), y."""
+    gen = torch.Generator().manual_seed(seed)
     # Mixed-class batches, as in training: in training mode G's BN normalises over the
     # batch, and a batch of one class would shift every sample.
-    y = torch.arange(10).repeat(config['per_class'])
+    y = torch.arange(10).repeat(per_class)
     z = torch.randn(len(y), G.dim_z, generator=gen)
     with torch.no_grad():
         x_fake = gray(torch.cat([G(zb, G.shared(yb)) for zb, yb in zip(z.split(100),
                                                                       y.split(100))]))
+    return x_fake, y
+
+
+def evaluate(config, per_class=100, classifier=None):
+    """Score the run `config` names: {'name', 'itr', 'held_out', 'rows' [(class, accuracy,
+    spread)], 'accuracy', 'spread', 'FID', 'x_fake', 'y_fake'}. classifier: (clf,
+    held-out accuracy, x_real, y_real) from an earlier call, to train it once."""
+    if classifier is None:
+        x_real, y_real = real_digits()
+        classifier = (*train_classifier(x_real, y_real), x_real, y_real)
+    clf, held_out, x_real, y_real = classifier
+    G, state, name = sample.load_generator(config, 'cpu')
+    if config['G_eval_mode']:
+        G.eval()
+    x_fake, y = generate(G, per_class)
     rows = []
     for c in range(10):
         xf = x_fake[y == c]
@@ -89,12 +102,24 @@ def main():
     fid = inception_utils.numpy_calculate_frechet_distance(
         ff.mean(0).numpy(), np.cov(ff.numpy(), rowvar=False),
         fr.mean(0).numpy(), np.cov(fr.numpy(), rowvar=False))
-    print(f"{name} itr {state['itr']}: classifier held-out accuracy {held_out:.3f}")
+    return {'name': name, 'itr': state['itr'], 'held_out': held_out, 'rows': rows,
+            'accuracy': float(np.mean([r[1] for r in rows])),
+            'spread': float(np.mean([r[2] for r in rows])), 'FID': float(fid),
+            'x_fake': x_fake, 'y_fake': y, 'classifier': classifier}
+
+
+def main():
+    parser = utils.add_sample_parser(utils.prepare_parser())
+    parser.add_argument('--per_class', type=int, default=100)
+    config = utils.parse_config(parser)
+    result = evaluate(config, config['per_class'])
+    print(f"{result['name']} itr {result['itr']}: classifier held-out accuracy "
+          f"{result['held_out']:.3f}")
     print('class  accuracy  spread')
-    for c, acc, sp in rows:
+    for c, acc, sp in result['rows']:
         print(f'{c:>5}  {acc:>8.2f}  {sp:>6.2f}')
-    print(f'mean   {np.mean([r[1] for r in rows]):>8.3f}  {np.mean([r[2] for r in rows]):>6.2f}'
-          f'   FID(classifier features) {fid:.1f}')
+    print(f"mean   {result['accuracy']:>8.3f}  {result['spread']:>6.2f}"
+          f"   FID(classifier features) {result['FID']:.1f}")
 
 
 if __name__ == '__main__':
