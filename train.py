@@ -179,14 +179,14 @@ def _train(config, ctx, log):
 
     # The loop: train -> log -> test? -> save?
     sampler = loader.sampler
-    total = config['num_iters'] or config['num_epochs'] * sampler.batches_per_epoch
+    total = last_iteration(config, sampler, log)
     pbar = progress_bar(total, min(state_dict['itr'], total), experiment_name,
                         disable=not ctx.is_main)
     if train_log is not None:
         train_log.sinks.append(bar_sink(pbar, total))
     saved_itr = state_dict['itr']
     done = state_dict['itr'] >= total
-    while not done and state_dict['epoch'] < config['num_epochs']:
+    while not done:
         sampler.set_epoch(*sampler.locate(state_dict['itr']))
         for x, y in loader:
             state_dict['itr'] += 1
@@ -453,6 +453,20 @@ def save(nets, latents, state_dict, config, experiment_name, train_log, board, c
     if board is not None:
         board.add_sheets(state_dict['itr'])
     return state_dict['itr']
+
+
+def last_iteration(config, sampler, log):
+    """The iteration training stops at: --num_iters, or the end of --num_epochs if that
+    comes first (said in one line, since the bar and the flag would otherwise disagree)."""
+    if isinstance(sampler, datasets.MultiEpochSampler):
+        epochs_end = sampler.total_batches
+    else:
+        epochs_end = config['num_epochs'] * sampler.batches_per_epoch
+    if config['num_iters'] > epochs_end:
+        log(f"--num_iters {config['num_iters']} is past the end of --num_epochs "
+            f"{config['num_epochs']} ({sampler.batches_per_epoch} iterations an epoch): training "
+            f"stops at iteration {epochs_end}. Raise --num_epochs to reach --num_iters.")
+    return min(config['num_iters'] or epochs_end, epochs_end)
 
 
 def bar_sink(pbar, total):

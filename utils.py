@@ -184,8 +184,8 @@ def prepare_parser():
     arg('--num_epochs', type=int, default=100,
         help='Epochs to train for (default: %(default)s)')
     arg('--num_iters', type=int, default=0,
-        help='Stop after this many G iterations; 0 means run --num_epochs '
-             '(default: %(default)s)')
+        help='Stop after this many G iterations, or at the end of --num_epochs if that '
+             'comes first; 0 means run --num_epochs (default: %(default)s)')
     arg('--parallel', action='store_true', default=False,
         help='nn.DataParallel over the visible GPUs (default: %(default)s)')
     arg('--G_fp16', action='store_true', default=False,

@@ -77,6 +77,29 @@ def test_resume_is_bit_exact(tmp_path, multiepoch):
     assert [int(line.split(':')[0]) for line in lines] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize('multiepoch', [False, True])
+def test_num_epochs_bounds_num_iters_and_says_so(tmp_path, multiepoch):
+    # 40 images in batches of 8: 5 iterations an epoch, so --num_epochs 2 ends at iteration 10.
+    extra = ['--data_subset', '40', '--save_every', '100', '--sv_log_interval', '0']
+    if multiepoch:
+        extra.append('--use_multiepoch_sampler')
+    said = []
+    state = train.run(_config(tmp_path, '--num_epochs', '2', '--num_iters', '20', *extra),
+                      log=said.append)
+    assert state['itr'] == 10
+    assert [m for m in said if '--num_iters 20 is past the end of --num_epochs 2' in m
+            and 'stops at iteration 10' in m]
+    # Stopped by --num_iters on an epoch boundary, then resumed with more iterations: the
+    # epochs still bound it (the resumed run used to train one epoch past --num_epochs).
+    train.run(_config(tmp_path, '--num_epochs', '3', '--num_iters', '15', *extra, '--resume'),
+              log=lambda m: None)
+    state = train.run(_config(tmp_path, '--num_epochs', '3', '--num_iters', '40', *extra,
+                              '--resume'), log=lambda m: None)
+    assert state['itr'] == 15
+    saved = utils.torch_load(str(tmp_path / 'weights' / 'exp' / 'state_dict.pth'))
+    assert saved['itr'] == 15
+
+
 def test_command_line_run_writes_checkpoints_logs_and_sheets(tmp_path):
     cmd = [sys.executable, 'train.py', *BASE, '--base_root', str(tmp_path), '--num_iters', '4',
            '--save_every', '2', '--ema', '--use_ema', '--num_save_copies', '2']

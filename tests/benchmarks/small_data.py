@@ -49,7 +49,9 @@ OPTIONS = {
 
 
 def run_argv(name, iters, out):
+    # 500 images are 7 iterations an epoch: --num_epochs is set out of the way of --num_iters.
     return [*DEMO, '--data_subset', str(SUBSET), *OPTIONS[name], '--num_iters', str(iters),
+            '--num_epochs', '1000000',
             '--save_every', str(iters), '--test_every', '0', '--sv_log_interval', '0',
             '--base_root', str(out), '--experiment_name', f'small_{name}']
 
