@@ -36,9 +36,9 @@ def train_classifier(x, y, seed=0, epochs=30):
     order = torch.randperm(len(x), generator=g)
     x, y = x[order], y[order]
     split = int(0.9 * len(x))
+    torch.manual_seed(seed)  # before the layers, so their initialisation is seeded too
     net = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 256), nn.ReLU(), nn.Linear(256, 10))
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    torch.manual_seed(seed)
     for _ in range(epochs):
         for i in range(0, split, 128):
             loss = F.cross_entropy(net(x[i:i + 128]), y[i:i + 128])

@@ -6,11 +6,17 @@ iterations with: nothing; DiffAugment; ADA; DiffAugment + LeCam. Each run is
 scored by demo_quality.py (accuracy, spread, FID in the classifier's features)
 and by a memorisation check: the distance of every sample to its nearest
 training image (of the 500), beside the same distance for the 4,500 digits not
-trained on (what a new digit's distance looks like). Then seconds per
-iteration of each option against none, timed in turns in one process.
+trained on (what a new digit's distance looks like, per class). Two pictures
+go to --out: samples_<iters>.png (10 samples of each class per option, side by
+side) and nearest_<iters>.png (each option's samples closest to a training
+digit, over that digit). Then seconds per iteration of each option against
+none, timed in turns in one process.
 
     python tests/benchmarks/small_data.py [--iters 600] [--jobs 2] [--out /tmp/small_data]
         [--resume]   # continue the runs in --out to --iters (train.py --resume)
+
+README's "Small datasets" table is one run continued in stages with --resume
+(300, 700, 2000, 3500, 5000, 6500, 8000 iterations), scored at each.
 """
 import argparse
 import os
@@ -20,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+import torchvision
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -82,9 +89,35 @@ def train_all(iters, out, jobs, resume=False):
 
 def nearest_distances(x, train_x, chunk=500):
     """Per row of x (N, 1, 32, 32), the L2 distance (in [-1, 1] pixels) to the nearest
-    image of train_x (M, 1, 32, 32): (N,)."""
+    image of train_x (M, 1, 32, 32), and that image's index: (N,), (N,)."""
     t = train_x.flatten(1)
-    return torch.cat([torch.cdist(xb.flatten(1), t).min(1).values for xb in x.split(chunk)])
+    nearest = [torch.cdist(xb.flatten(1), t).min(1) for xb in x.split(chunk)]
+    return torch.cat([n.values for n in nearest]), torch.cat([n.indices for n in nearest])
+
+
+def nearest_sheet(path, fakes, train_x, per_class=2):
+    """Save one picture: per option, the `per_class` samples of each class closest to a
+    training digit (top row) over those training digits (bottom row). fakes: [(x_fake,
+    y_fake, distances, indices)] in OPTIONS order."""
+    rows = []
+    for x_fake, y_fake, dist, index in fakes:
+        closest = torch.cat([torch.nonzero(y_fake == c)[dist[y_fake == c].argsort()[:per_class],
+                                                        0] for c in range(10)])
+        rows += [x_fake[closest], train_x[index[closest]]]
+    torchvision.utils.save_image(torch.cat(rows), path, nrow=10 * per_class, normalize=True,
+                                 value_range=(-1, 1), pad_value=1)
+
+
+def class_sheets(path, fakes, per_class=10):
+    """Save one picture: per option, side by side, `per_class` samples of each class (one
+    class per row), as demo_quality drew them. fakes: as for nearest_sheet."""
+    grids = []
+    for x_fake, y_fake, _, _ in fakes:
+        rows = torch.cat([x_fake[y_fake == c][:per_class] for c in range(10)])
+        grids.append(torchvision.utils.make_grid(rows, nrow=per_class, normalize=True,
+                                                 value_range=(-1, 1), pad_value=1))
+    gap = torch.ones(grids[0].shape[0], grids[0].shape[1], 8)
+    torchvision.utils.save_image(torch.cat([t for g in grids for t in (g, gap)][:-1], 2), path)
 
 
 def score_all(iters, out):
@@ -93,26 +126,38 @@ def score_all(iters, out):
     chosen = datasets.balanced_subset(y_real, SUBSET, seed=0)
     mask = torch.zeros(len(y_real), dtype=torch.bool)
     mask[chosen] = True
-    train_x, unseen_x = x_real[mask], x_real[~mask]
-    unseen = nearest_distances(unseen_x, train_x)
-    # A sample closer to a training digit than 99% of new digits are: a likely copy.
-    copy_radius = torch.quantile(unseen, 0.01).item()
+    train_x, unseen_x, unseen_y = x_real[mask], x_real[~mask], y_real[~mask]
+    unseen = nearest_distances(unseen_x, train_x)[0]
+    # A sample closer to a training digit than 99% of new digits of its class are: a likely
+    # copy. Per class, since a 1 lies much nearer to some training 1 than an 8 to an 8.
+    copy_radius = torch.stack([torch.quantile(unseen[unseen_y == c], 0.01) for c in range(10)])
+    fakes = []
     for name in OPTIONS:
         config = utils.parse_config(utils.add_sample_parser(utils.prepare_parser()),
                                     run_argv(name, iters, out))
         result = demo_quality.evaluate(config, 100, classifier)
         classifier = result['classifier']
-        near = nearest_distances(result['x_fake'], train_x)
+        near, index = nearest_distances(result['x_fake'], train_x)
+        y_fake = result['y_fake']
+        fakes.append((result['x_fake'], y_fake, near, index))
         rows.append((name, result['accuracy'], result['spread'], result['FID'],
-                     near.median().item(), (near < copy_radius).float().mean().item()))
+                     near.median().item(), (near < copy_radius[y_fake]).float().mean().item()))
     print(f'\nscores after {iters} iterations on {SUBSET} digits (1000 EMA samples; classifier '
           f"held-out accuracy {classifier[1]:.3f}); nearest-training-image distance of new "
-          f'digits: median {unseen.median().item():.2f}, 1st percentile {copy_radius:.2f}')
+          f'digits: median {unseen.median().item():.2f}, 1st percentile per class '
+          f"{' '.join(f'{r:.2f}' for r in copy_radius.tolist())}")
     print(f"{'option':<20}{'accuracy':>9}{'spread':>8}{'FID':>8}{'NN dist':>9}{'copies':>8}")
     for name, acc, sp, fid, nn, copies in rows:
         print(f'{name:<20}{acc:>9.3f}{sp:>8.2f}{fid:>8.1f}{nn:>9.2f}{copies:>8.3f}')
     print('NN dist: median distance of a sample to its nearest training digit; copies: '
-          'fraction of samples closer than the 1st percentile of new digits')
+          'fraction of samples closer than the 1st percentile of new digits of their class')
+    sheet = out / f'nearest_{iters}.png'
+    nearest_sheet(sheet, fakes, train_x)
+    print(f"{sheet}: per option ({', '.join(OPTIONS)}), the 2 samples of each class closest "
+          'to a training digit (top row) over those digits (bottom row)')
+    sheet = out / f'samples_{iters}.png'
+    class_sheets(sheet, fakes)
+    print(f"{sheet}: 10 samples of each class per option, left to right ({', '.join(OPTIONS)})")
 
 
 def build_step(name):
