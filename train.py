@@ -179,18 +179,21 @@ def _train(config, ctx, log):
 
     # The loop: train -> log -> test? -> save?
     sampler = loader.sampler
-    total = last_iteration(config, sampler, log)
+    total = last_iteration(config, sampler, state_dict, log)
     pbar = progress_bar(total, min(state_dict['itr'], total), experiment_name,
                         disable=not ctx.is_main)
     if train_log is not None:
         train_log.sinks.append(bar_sink(pbar, total))
     saved_itr = state_dict['itr']
     done = state_dict['itr'] >= total
-    while not done:
+    while not done and state_dict['epoch'] < config['num_epochs']:
         sampler.set_epoch(*sampler.locate(state_dict['itr']))
         for x, y in loader:
             state_dict['itr'] += 1
             itr = state_dict['itr']
+            # Current at every save, so a run stopped on an epoch's last iteration resumes
+            # with that epoch counted.
+            state_dict['epoch'] = sampler.epoch_of(itr)
             done = itr >= total
             losses = train_step(train, nets, x, y, ctx)
             if train_log is not None:
@@ -455,17 +458,22 @@ def save(nets, latents, state_dict, config, experiment_name, train_log, board, c
     return state_dict['itr']
 
 
-def last_iteration(config, sampler, log):
-    """The iteration training stops at: --num_iters, or the end of --num_epochs if that
-    comes first (said in one line, since the bar and the flag would otherwise disagree)."""
-    if isinstance(sampler, datasets.MultiEpochSampler):
-        epochs_end = sampler.total_batches
+def last_iteration(config, sampler, state_dict, log):
+    """The iteration training stops at: --num_iters, or where the --num_epochs bound ends
+    the loop if that comes first (said in one line: the bar would otherwise show
+    --num_iters). As in the original, the bound counts the epochs in state_dict['epoch']
+    (a released checkpoint's counter, for example), and a pass once begun runs to its end."""
+    itr, B = state_dict['itr'], sampler.batches_per_epoch
+    if state_dict['epoch'] >= config['num_epochs']:
+        epochs_end = itr
+    elif isinstance(sampler, datasets.MultiEpochSampler):
+        epochs_end = max(itr, sampler.total_batches)  # one pass over all the epochs
     else:
-        epochs_end = config['num_epochs'] * sampler.batches_per_epoch
+        epochs_end = max(config['num_epochs'], sampler.epoch_of(itr) + 1) * B
     if config['num_iters'] > epochs_end:
         log(f"--num_iters {config['num_iters']} is past the end of --num_epochs "
-            f"{config['num_epochs']} ({sampler.batches_per_epoch} iterations an epoch): training "
-            f"stops at iteration {epochs_end}. Raise --num_epochs to reach --num_iters.")
+            f"{config['num_epochs']} ({B} iterations an epoch): training stops at iteration "
+            f'{epochs_end}. Raise --num_epochs to reach --num_iters.')
     return min(config['num_iters'] or epochs_end, epochs_end)
 
 
