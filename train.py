@@ -206,7 +206,6 @@ def _train(config, ctx, log):
                                  train_log, board, ctx)
             if done:
                 break
-        state_dict['epoch'] = sampler.epoch_of(state_dict['itr'])
 
     # The end: a last save unless this iteration's is on disk.
     if ctx.is_main:
